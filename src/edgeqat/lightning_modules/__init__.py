@@ -1,0 +1,3 @@
+from edgeqat.lightning_modules.classifier import ClassifierModule
+
+__all__ = ["ClassifierModule"]

@@ -1,0 +1,44 @@
+"""Step CONVERT: fold BN, quantize weights; the prepared model stays usable for more training."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch.fx import GraphModule
+
+from edgeqat.quant.errors import QuantizationError
+from edgeqat.quant.mode import freeze_observers, restore_train_eval_methods, set_graph_mode
+from edgeqat.quant.steps import QuantStep
+
+__all__ = ["convert"]
+
+_QUANTIZE_OPS = ("quantize_per_tensor", "quantize_per_channel", "dequantize_per_tensor", "dequantize_per_channel")
+
+
+def convert(prepared: GraphModule) -> GraphModule:
+    """Eval mode + ``convert_pt2e`` on a deep copy of ``prepared``.
+
+    Returns a graph with int8 weights (``dequantize`` of int8 constants) and Q/DQ around every
+    quantized activation; it computes what the fake-quant graph computes in eval mode.
+
+    Raises:
+        QuantizationError: the result holds no quantize/dequantize op (nothing was quantized).
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    model = copy.deepcopy(prepared)
+    model.training = False
+    set_graph_mode(model, training=False)
+    freeze_observers(model)
+    with torch.no_grad():
+        converted = convert_pt2e(model)
+    set_graph_mode(converted, training=False)
+    restore_train_eval_methods(converted).eval()  # BN is folded; eval() only sets the flag
+    n_q = sum(1 for n in converted.graph.nodes if n.op == "call_function" and any(q in str(n.target) for q in _QUANTIZE_OPS))
+    if n_q == 0:
+        raise QuantizationError(
+            f"[{QuantStep.CONVERT.value}] the converted graph has no quantize/dequantize op; was the model "
+            "prepared with edgeqat.quant.prepare_qat?"
+        )
+    return converted

@@ -1,0 +1,147 @@
+"""Step PREPARE: capture the model with torch.export and insert fake-quant with EdgeQuantizer."""
+
+from __future__ import annotations
+
+import difflib
+import traceback
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.fx import GraphModule
+
+from edgeqat.quant.errors import QuantizationError
+from edgeqat.quant.mode import enable_train_eval, set_graph_mode
+from edgeqat.quant.quantizer import EdgeQuantizer
+from edgeqat.quant.steps import QuantStep
+
+__all__ = ["check_batchnorm", "prepare_qat"]
+
+_FALLBACK = "leave that module float with prepare_qat(..., float_modules=['{name}'])"
+
+
+def prepare_qat(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    float_modules: Sequence[str] = (),
+) -> GraphModule:
+    """Export ``model`` and insert QAT fake-quant; returns a trainable graph.
+
+    Batch, height and width stay dynamic (``Dim.AUTO``). The model is captured in eval mode, so no
+    stochastic op (drop-path) is baked into the graph, then BN/dropout are switched to training.
+    ``.train()``/``.eval()`` and ``state_dict`` work as on any module (Lightning-ready).
+
+    Args:
+        model: FP32 model, ideally trained (QAT fine-tunes; it does not train from scratch).
+        example_input: one batch shaped like the training input (N, C, H, W).
+        float_modules: qualified submodule names to keep in float.
+
+    Raises:
+        QuantizationError: a BatchNorm weight is exactly zero, a parameter is not finite, a name in
+            ``float_modules`` does not exist, or the model cannot be exported (names the module).
+    """
+    _check_float_modules(model, float_modules)
+    check_batchnorm(model)
+    graph = _export(model, example_input)
+    set_graph_mode(graph, training=True)
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    try:
+        prepared = prepare_qat_pt2e(graph, EdgeQuantizer(float_modules=float_modules))
+    except Exception as exc:  # torchao raises plain exceptions/asserts
+        raise QuantizationError(
+            f"[{QuantStep.PREPARE.value}] inserting fake-quant failed: {type(exc).__name__}: {exc}. "
+            f"Leave the offending module float with prepare_qat(..., float_modules=[...])."
+        ) from exc
+    if not _has_fake_quant(prepared):
+        raise QuantizationError(
+            f"[{QuantStep.PREPARE.value}] no op of {type(model).__name__} was quantized (no conv, linear, "
+            "add, mul, cat or pool outside float_modules); refusing to call a float model INT8."
+        )
+    return enable_train_eval(prepared)
+
+
+def check_batchnorm(model: nn.Module) -> None:
+    """Refuse BN weights that are exactly zero and non-finite parameters before QAT.
+
+    The simulated conv-BN fold divides by ``gamma / sqrt(var + eps)``; a zero gamma (timm's
+    ``zero_init_last`` on a fresh ResNet) makes the first QAT forward NaN. We raise instead of
+    patching gamma, because a silently changed weight is worse than a clear stop.
+    """
+    bad_params = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad_params:
+        raise QuantizationError(
+            f"[{QuantStep.PREPARE.value}] parameters with NaN/Inf: {bad_params[:5]}; fix the FP32 "
+            "training (lower LR, gradient clipping) before QAT."
+        )
+    zero = [
+        f"{name} ({int((m.weight == 0).sum())}/{m.weight.numel()} channels)"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and (m.weight == 0).any()
+    ]
+    if zero:
+        raise QuantizationError(
+            f"[{QuantStep.PREPARE.value}] BatchNorm weight exactly 0 in {zero[:5]}"
+            f"{' and more' if len(zero) > 5 else ''}: the QAT conv-BN fold divides by it (NaN). Start QAT "
+            "from FP32-trained weights (warm-up epochs or init_checkpoint), or build timm models with "
+            "zero_init_last=False."
+        )
+
+
+def _check_float_modules(model: nn.Module, float_modules: Sequence[str]) -> None:
+    names = [n for n, _ in model.named_modules() if n]
+    for name in float_modules:
+        if name not in names:
+            hint = difflib.get_close_matches(name, names, n=3)
+            raise QuantizationError(
+                f"float_modules entry {name!r} is not a submodule of {type(model).__name__}."
+                + (f" Did you mean {hint}?" if hint else f" Top-level submodules: {names[:10]}")
+            )
+
+
+def _export(model: nn.Module, example_input: torch.Tensor) -> GraphModule:
+    from torch.export import Dim
+
+    dims = {0: Dim.AUTO, **{d: Dim.AUTO for d in range(2, example_input.dim())}}
+    was_training = model.training
+    model.eval()
+    try:
+        program = torch.export.export(model, (example_input,), dynamic_shapes=(dims,))
+    except Exception as exc:
+        raise QuantizationError(_describe_export_failure(model, exc)) from exc
+    finally:
+        model.train(was_training)
+    return program.module()
+
+
+def _describe_export_failure(model: nn.Module, exc: BaseException) -> str:
+    """Name the innermost submodule (and source line) that torch.export could not trace."""
+    names = {id(m): (n or "<root>") for n, m in model.named_modules()}
+    where, line = None, None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if id(owner) in names:
+            where = f"{names[id(owner)]} ({type(owner).__name__})"
+            line = f"{frame.f_code.co_filename}:{lineno}"
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if where is None:
+        return (
+            f"[{QuantStep.PREPARE.value}] torch.export failed for {type(model).__name__}: "
+            f"{type(exc).__name__}: {first_line}. Remove data-dependent Python control flow, or leave "
+            "the model in FP32."
+        )
+    module = where.split(" ")[0]
+    return (
+        f"[{QuantStep.PREPARE.value}] torch.export cannot trace module {where} at {line}: "
+        f"{type(exc).__name__}: {first_line}. Data-dependent Python control flow (e.g. `if x.sum() > 0:`) "
+        f"cannot be captured; rewrite it with torch.where/torch.cond, or "
+        + (_FALLBACK.format(name=module) + " (it must still be exportable), " if module != "<root>" else "")
+        + "or keep the model in FP32."
+    )
+
+
+def _has_fake_quant(gm: GraphModule) -> bool:
+    from torchao.quantization.pt2e import FakeQuantizeBase
+
+    return any(isinstance(m, FakeQuantizeBase) for m in gm.modules())

@@ -1,0 +1,70 @@
+"""A real (tiny) training job logs into exactly one SQLite-backed MLflow run."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from edgeqat.train import train
+
+
+def _only_run(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def test_fast_dev_run_logs_config_into_one_finished_run(compose, tracking_uri: str) -> None:
+    cfg = compose("trainer.fast_dev_run=true", "tracking.experiment_name=unit")
+    metrics = train(cfg, ["trainer.fast_dev_run=true"])
+    assert "test/acc_fp32" in metrics
+
+    client = MlflowClient(tracking_uri)
+    run = _only_run(client, "unit")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.name"] == "mobilenetv3_small_100"
+    assert run.data.params["data.source"] == "digits"
+    assert run.data.params["overrides"] == "trainer.fast_dev_run=true"
+    assert run.data.tags["edgeqat.dataset"] == "digits"
+    assert run.data.metrics == {}  # Lightning's fast_dev_run suppresses loggers by design
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+    assert artifacts == {"config/config.yaml"}
+    text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config/config.yaml")
+    assert "name: mobilenetv3_small_100" in text
+
+
+def test_one_epoch_learns_and_keeps_every_step(compose, tracking_uri: str) -> None:
+    cfg = compose("model=resnet18", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "tracking.experiment_name=unit")
+    train(cfg)
+    client = MlflowClient(tracking_uri)
+    run = _only_run(client, "unit")
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    steps_per_epoch = -(-int(1797 * 0.7) // 64)  # train split of digits, batch 64
+    assert len(history) == 2 * steps_per_epoch
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2
+    assert run.data.metrics["test/acc_fp32"] > 0.6  # chance is 0.1; resnet18 reaches ~0.94
+    ckpts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert ckpts == ["checkpoints/best.ckpt"]
+
+
+def test_failure_ends_run_failed_with_reason(compose, tracking_uri: str) -> None:
+    cfg = compose("optim.optimizer.lr=-1.0", "tracking.experiment_name=unit")
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        train(cfg)
+    run = _only_run(MlflowClient(tracking_uri), "unit")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["edgeqat.failure"].startswith("ValueError: Invalid learning rate")
+
+
+def test_attaches_to_existing_run(compose, tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = MlflowClient(tracking_uri)
+    exp_id = client.create_experiment("attached")
+    pre = client.create_run(exp_id)
+    monkeypatch.setenv("MLFLOW_RUN_ID", pre.info.run_id)
+    train(compose("trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"))
+    runs = client.search_runs([exp_id])
+    assert [r.info.run_id for r in runs] == [pre.info.run_id]
+    assert "test/acc_fp32" in runs[0].data.metrics
+    assert runs[0].info.status == "FINISHED"
