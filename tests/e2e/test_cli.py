@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = "data=digits data.image_size=16 model=mobilenetv3_small_100 trainer.max_epochs=1 " \
-       "trainer.enable_progress_bar=false trainer.limit_train_batches=4"
+       "trainer.enable_progress_bar=false trainer.limit_train_batches=4 trainer.log_every_n_steps=2"
 
 
 def _env(tracking_uri: str) -> dict[str, str]:
@@ -62,7 +62,8 @@ def test_mlflow_run_makes_exactly_one_run(tracking_uri: str, tmp_path: Path) -> 
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.params["model.name"] == "mobilenetv3_small_100"
-    assert run.data.params["overrides"].startswith("data=digits")
+    assert "data=digits" in run.data.params["overrides"]  # MLflow's own entry-point param (it keeps quotes)
+    assert run.data.tags["edgeqat.overrides"].startswith("data=digits data.image_size=16")
     assert {"train/loss", "val/acc", "test/acc_fp32"} <= set(run.data.metrics)
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40
     client = MlflowClient(tracking_uri)

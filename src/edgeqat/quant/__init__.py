@@ -7,13 +7,14 @@ post-training baseline.
 
 from edgeqat.quant.convert import convert
 from edgeqat.quant.errors import QuantizationError
-from edgeqat.quant.mode import freeze_bn_stats, freeze_observers
+from edgeqat.quant.qat_model import QATModel, freeze_bn_stats, freeze_observers
 from edgeqat.quant.prepare import prepare_qat
 from edgeqat.quant.quantizer import EdgeQuantizer
 from edgeqat.quant.steps import QuantStep
 
 __all__ = [
     "EdgeQuantizer",
+    "QATModel",
     "QuantStep",
     "QuantizationError",
     "convert",

@@ -7,8 +7,9 @@ import copy
 import torch
 from torch.fx import GraphModule
 
+from edgeqat.quant._conv_bn_patterns import only_present_conv_kinds
 from edgeqat.quant.errors import QuantizationError
-from edgeqat.quant.mode import freeze_observers, restore_train_eval_methods, set_graph_mode
+from edgeqat.quant.qat_model import QATModel, restore_train_eval_methods, set_graph_mode
 from edgeqat.quant.steps import QuantStep
 
 __all__ = ["convert"]
@@ -16,7 +17,7 @@ __all__ = ["convert"]
 _QUANTIZE_OPS = ("quantize_per_tensor", "quantize_per_channel", "dequantize_per_tensor", "dequantize_per_channel")
 
 
-def convert(prepared: GraphModule) -> GraphModule:
+def convert(prepared: QATModel) -> GraphModule:
     """Eval mode + ``convert_pt2e`` on a deep copy of ``prepared``.
 
     Returns a graph with int8 weights (``dequantize`` of int8 constants) and Q/DQ around every
@@ -27,11 +28,14 @@ def convert(prepared: GraphModule) -> GraphModule:
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    model = copy.deepcopy(prepared)
-    model.training = False
+    if not isinstance(prepared, QATModel):
+        raise TypeError(f"convert expects the QATModel returned by prepare_qat, got {type(prepared).__name__}.")
+    model = copy.deepcopy(prepared.graph_module)
     set_graph_mode(model, training=False)
-    freeze_observers(model)
-    with torch.no_grad():
+    from torchao.quantization.pt2e import disable_observer
+
+    model.apply(disable_observer)
+    with torch.no_grad(), only_present_conv_kinds(model):
         converted = convert_pt2e(model)
     set_graph_mode(converted, training=False)
     restore_train_eval_methods(converted).eval()  # BN is folded; eval() only sets the flag

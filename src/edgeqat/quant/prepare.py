@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
+from edgeqat.quant._conv_bn_patterns import only_present_conv_kinds
 from edgeqat.quant.errors import QuantizationError
-from edgeqat.quant.mode import enable_train_eval, set_graph_mode
+from edgeqat.quant.qat_model import QATModel, set_graph_mode
 from edgeqat.quant.quantizer import EdgeQuantizer
 from edgeqat.quant.steps import QuantStep
 
@@ -25,12 +26,13 @@ def prepare_qat(
     example_input: torch.Tensor,
     *,
     float_modules: Sequence[str] = (),
-) -> GraphModule:
-    """Export ``model`` and insert QAT fake-quant; returns a trainable graph.
+) -> QATModel:
+    """Export ``model`` and insert QAT fake-quant; returns the trainable fake-quant model.
 
     Batch, height and width stay dynamic (``Dim.AUTO``). The model is captured in eval mode, so no
     stochastic op (drop-path) is baked into the graph, then BN/dropout are switched to training.
-    ``.train()``/``.eval()`` and ``state_dict`` work as on any module (Lightning-ready).
+    The graph is wrapped in ``QATModel`` so ``.train()``/``.eval()`` (including Lightning's direct
+    ``training`` assignment), ``state_dict`` and deepcopy work as on any module.
 
     Args:
         model: FP32 model, ideally trained (QAT fine-tunes; it does not train from scratch).
@@ -48,7 +50,8 @@ def prepare_qat(
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     try:
-        prepared = prepare_qat_pt2e(graph, EdgeQuantizer(float_modules=float_modules))
+        with only_present_conv_kinds(graph):
+            prepared = prepare_qat_pt2e(graph, EdgeQuantizer(float_modules=float_modules))
     except Exception as exc:  # torchao raises plain exceptions/asserts
         raise QuantizationError(
             f"[{QuantStep.PREPARE.value}] inserting fake-quant failed: {type(exc).__name__}: {exc}. "
@@ -59,7 +62,7 @@ def prepare_qat(
             f"[{QuantStep.PREPARE.value}] no op of {type(model).__name__} was quantized (no conv, linear, "
             "add, mul, cat or pool outside float_modules); refusing to call a float model INT8."
         )
-    return enable_train_eval(prepared)
+    return QATModel(prepared)
 
 
 def check_batchnorm(model: nn.Module) -> None:
