@@ -101,6 +101,10 @@ class TrackingConfig:
     experiment_name: str = "edgeqat"
     run_name: Optional[str] = None
     log_checkpoints: bool = True
+    system_metrics: bool = False  # MLflow system metrics (CPU, memory) sampled during the run
+    status_interval_s: float = 5.0  # edgeqat.progress / eta_s tags at most this often
+    max_imbalance: float = 3.0  # largest/smallest class ratio above which the run gets a data warning
+    close_timeout_s: float = 60.0  # wait this long for an unreachable server at the end, then spool
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -114,6 +118,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 42
     output_dir: str = "outputs"
+    ckpt_path: Optional[str] = None  # resume the FP32 fit from this checkpoint (e.g. a preempted.ckpt)
 
 
 def register_configs() -> None:

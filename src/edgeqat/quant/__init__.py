@@ -7,18 +7,35 @@ post-training baseline.
 
 from edgeqat.quant.convert import convert
 from edgeqat.quant.errors import QuantizationError
+from edgeqat.quant.onnx_export import export_onnx
+from edgeqat.quant.ptq import ptq_onnx
+from edgeqat.quant.schedule import QATSchedule
 from edgeqat.quant.qat_model import QATModel, freeze_bn_stats, freeze_observers
 from edgeqat.quant.prepare import prepare_qat
 from edgeqat.quant.quantizer import EdgeQuantizer
+from edgeqat.quant.report import FloatNode, GraphReport, assert_integer_kernels, inspect_ort_graph
 from edgeqat.quant.steps import QuantStep
+from edgeqat.quant.verify import VerifyResult, evaluate_onnx, file_size_mb, measure_latency_ms, run_onnx
 
 __all__ = [
     "EdgeQuantizer",
+    "FloatNode",
+    "GraphReport",
     "QATModel",
+    "QATSchedule",
     "QuantStep",
     "QuantizationError",
+    "VerifyResult",
+    "assert_integer_kernels",
     "convert",
+    "evaluate_onnx",
+    "export_onnx",
+    "file_size_mb",
     "freeze_bn_stats",
     "freeze_observers",
+    "inspect_ort_graph",
+    "measure_latency_ms",
     "prepare_qat",
+    "ptq_onnx",
+    "run_onnx",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import linecache
 import traceback
 from collections.abc import Sequence
 
@@ -17,9 +18,6 @@ from edgeqat.quant.quantizer import EdgeQuantizer
 from edgeqat.quant.steps import QuantStep
 
 __all__ = ["check_batchnorm", "prepare_qat"]
-
-_FALLBACK = "leave that module float with prepare_qat(..., float_modules=['{name}'])"
-
 
 def prepare_qat(
     model: nn.Module,
@@ -121,26 +119,19 @@ def _export(model: nn.Module, example_input: torch.Tensor) -> GraphModule:
 def _describe_export_failure(model: nn.Module, exc: BaseException) -> str:
     """Name the innermost submodule (and source line) that torch.export could not trace."""
     names = {id(m): (n or "<root>") for n, m in model.named_modules()}
-    where, line = None, None
+    where = None
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
         owner = frame.f_locals.get("self")
         if id(owner) in names:
-            where = f"{names[id(owner)]} ({type(owner).__name__})"
-            line = f"{frame.f_code.co_filename}:{lineno}"
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if where is None:
-        return (
-            f"[{QuantStep.PREPARE.value}] torch.export failed for {type(model).__name__}: "
-            f"{type(exc).__name__}: {first_line}. Remove data-dependent Python control flow, or leave "
-            "the model in FP32."
-        )
-    module = where.split(" ")[0]
+            code = linecache.getline(frame.f_code.co_filename, lineno).strip()
+            where = f"module {names[id(owner)]} ({type(owner).__name__}) at {frame.f_code.co_filename}:{lineno}"
+            where += f" `{code}`" if code else ""
+    text = str(exc).strip()
+    first_line = text.splitlines()[0] if text else ""
     return (
-        f"[{QuantStep.PREPARE.value}] torch.export cannot trace module {where} at {line}: "
-        f"{type(exc).__name__}: {first_line}. Data-dependent Python control flow (e.g. `if x.sum() > 0:`) "
-        f"cannot be captured; rewrite it with torch.where/torch.cond, or "
-        + (_FALLBACK.format(name=module) + " (it must still be exportable), " if module != "<root>" else "")
-        + "or keep the model in FP32."
+        f"[{QuantStep.PREPARE.value}] torch.export cannot trace {where or type(model).__name__}: "
+        f"{type(exc).__name__}: {first_line} Data-dependent Python control flow (e.g. `if x.sum() > 0:`) "
+        "cannot be captured: rewrite it with torch.where/torch.cond, or keep this model FP32 (no INT8 artifact)."
     )
 
 

@@ -139,6 +139,7 @@ def weed_command(config: SeaweedConfig, binary: str) -> tuple[str, ...]:
         "s3.port.iceberg": 0,  # 0 disables the Iceberg catalog (it would take fixed port 8181)
         "s3.port.lance": 0,  # and the Lance namespace server (fixed port 9101)
         "master.telemetry": "false",
+        "volume.preStopSeconds": 0,  # single node: nobody to drain to, so stop at once
     }
     return (binary, "mini", *(f"-{k}={v}" for k, v in flags.items()))
 

@@ -1,12 +1,12 @@
 """A Lightning logger that writes into an MLflow run it does not own.
 
 Lightning's ``MLFlowLogger`` terminates the run in ``finalize`` (after ``fit``), although the job
-still has to test, export and verify; here the run's lifecycle belongs to :func:`tracked_run`.
+still has to test, export and verify, and it blocks on the server; this one hands metrics to the
+run's :class:`RunRecorder` and leaves the lifecycle to :func:`tracked_run`.
 """
 
 from __future__ import annotations
 
-import time
 from argparse import Namespace
 from typing import Any
 
@@ -14,15 +14,16 @@ from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
+from edgeqat.tracking.recorder import RunRecorder
+
 
 class MlflowRunLogger(Logger):
-    """Logs metrics to ``run_id`` through ``MlflowClient.log_batch`` (params are logged by the job)."""
+    """Queues Lightning's metrics for ``recorder``'s run (params are logged from the composed config)."""
 
-    def __init__(self, run_id: str, tracking_uri: str | None = None) -> None:
+    def __init__(self, recorder: RunRecorder) -> None:
         super().__init__()
-        self._run_id = run_id
-        self._tracking_uri = tracking_uri
-        self._client: Any = None
+        self.recorder = recorder
+        self.logged_points = 0  # metric points handed to the recorder, for resilience checks
 
     @property
     @override
@@ -32,20 +33,12 @@ class MlflowRunLogger(Logger):
     @property
     @override
     def version(self) -> str:
-        return self._run_id
-
-    @property
-    def run_id(self) -> str:
-        return self._run_id
+        return self.recorder.run_id
 
     @property
     @rank_zero_experiment
-    def experiment(self) -> Any:
-        if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(self._tracking_uri)
-        return self._client
+    def experiment(self) -> RunRecorder:
+        return self.recorder
 
     @override
     @rank_zero_only
@@ -55,10 +48,7 @@ class MlflowRunLogger(Logger):
     @override
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(key=k, value=float(v), timestamp=now, step=step or 0) for k, v in metrics.items()
-                 if k != "epoch"]
-        if batch:
-            self.experiment.log_batch(self._run_id, metrics=batch)
+        metrics = {k: v for k, v in metrics.items() if k != "epoch"}
+        if metrics:
+            self.recorder.log_metrics(metrics, step=step or 0)
+            self.logged_points += len(metrics)

@@ -1,30 +1,51 @@
-"""Run lifecycle: attach to (or start) one MLflow run, log the config, and always end it.
+"""Run lifecycle: attach to (or create) one MLflow run, and always end it with a status.
 
 Under ``mlflow run`` MLflow has already created the run and exported ``MLFLOW_RUN_ID``; every log
-of this job goes into that run, so one job is exactly one run.
+of this job goes into that run, so one job is exactly one run. All writes go through the run's
+:class:`RunRecorder`, so they survive a tracking-server outage.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeqat.errors import EdgeqatError
 from edgeqat.tracking.params import flatten_config
+from edgeqat.tracking.recorder import RunRecorder, configure_http_retries
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 FAILURE_TAG = "edgeqat.failure"
+STATUS_TAG = "edgeqat.status"
 
 
 class TrackingError(EdgeqatError, RuntimeError):
     """The tracking server cannot be used as configured; the message says how to fix it."""
+
+
+class Preempted(SystemExit):
+    """SIGTERM outside a Lightning loop (Lightning raises its own ``SIGTERMException`` inside one)."""
+
+
+@dataclass
+class RunContext:
+    """What the job needs to write to its run."""
+
+    run_id: str
+    tracking_uri: str
+    recorder: RunRecorder
+    output_dir: Path
+    spool_path: Path | None = None
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
@@ -36,6 +57,13 @@ def failure_line(exc: BaseException) -> str:
     """One line naming the error, for the ``edgeqat.failure`` tag and the console."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:500]
+
+
+def final_status(exc: BaseException | None) -> str:
+    """MLflow run status for how the job ended: interrupted/preempted jobs are KILLED, errors FAILED."""
+    if exc is None:
+        return "FINISHED"
+    return "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
 
 
 def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -54,32 +82,68 @@ def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         ) from e
 
 
+def _open_run(client: Any, experiment_name: str, run_name: str | None, tags: Mapping[str, str]) -> str:
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        if tags:
+            for k, v in tags.items():
+                client.set_tag(run_id, k, v)
+        return run_id
+    exp = client.get_experiment_by_name(experiment_name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name)
+    return client.create_run(exp_id, run_name=run_name, tags=dict(tags)).info.run_id
+
+
+_LIGHTNING_OWNS_SIGTERM = threading.Event()
+
+
 @contextmanager
-def tracked_run(tracking_uri: str | None, experiment_name: str, run_name: str | None = None,
-                tags: Mapping[str, str] | None = None) -> Iterator[Any]:
-    """Yield the active run; end it FINISHED, FAILED (with ``edgeqat.failure``) or KILLED on Ctrl-C."""
-    import mlflow
+def lightning_handles_sigterm() -> Iterator[None]:
+    """Inside fit/test, Lightning stops at the next step boundary (``SIGTERMException``): don't raise mid-step."""
+    _LIGHTNING_OWNS_SIGTERM.set()
+    try:
+        yield
+    finally:
+        _LIGHTNING_OWNS_SIGTERM.clear()
+
+
+def _raise_preempted(signum: int, frame: Any) -> None:
+    if not _LIGHTNING_OWNS_SIGTERM.is_set():
+        raise Preempted(f"received signal {signum} (preemption)")
+
+
+@contextmanager
+def tracked_run(tracking_uri: str | None, experiment_name: str, output_dir: Path, run_name: str | None = None,
+                tags: Mapping[str, str] | None = None, close_timeout_s: float = 60.0) -> Iterator[RunContext]:
+    """Yield the run; end it FINISHED, FAILED (with ``edgeqat.failure`` + traceback) or KILLED."""
+    from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(tracking_uri)
     _check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not run_id:
-        mlflow.set_experiment(experiment_name)
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=dict(tags or {}))
+    configure_http_retries()
+    client = MlflowClient(uri)
+    run_id = _open_run(client, experiment_name, run_name, tags or {})
+    run_dir = Path(output_dir) / run_id
+    recorder = RunRecorder(client, run_id, staging_dir=run_dir / "staged", spool_dir=Path(output_dir) / "spool")
+    ctx = RunContext(run_id, uri, recorder, run_dir)
+    recorder.set_tags({STATUS_TAG: "RUNNING"})
+    previous = signal.signal(signal.SIGTERM, _raise_preempted)
+    error: BaseException | None = None
     try:
-        yield run
-    except KeyboardInterrupt:
-        mlflow.set_tag(FAILURE_TAG, "KeyboardInterrupt: stopped by the user")
-        mlflow.end_run("KILLED")
-        raise
+        yield ctx
     except BaseException as exc:
-        mlflow.set_tag(FAILURE_TAG, failure_line(exc))
-        mlflow.log_text("".join(traceback.format_exception(exc)), "failure/traceback.txt")
-        mlflow.end_run("FAILED")
+        error = exc
         raise
-    else:
-        mlflow.end_run("FINISHED")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        status = final_status(error)
+        closing = {STATUS_TAG: status}
+        if error is not None:
+            closing[FAILURE_TAG] = failure_line(error)
+            recorder.log_text("".join(traceback.format_exception(error)), "failure/traceback.txt")
+        recorder.set_tags(closing)
+        recorder.terminate(status)
+        ctx.spool_path = recorder.close(close_timeout_s)
 
 
 def git_commit(path: Path | None = None) -> str | None:
@@ -93,23 +157,20 @@ def git_commit(path: Path | None = None) -> str | None:
     return commit if out.returncode == 0 and commit else None
 
 
-def log_run_config(config: Mapping[str, Any], config_yaml: str, overrides: Sequence[str], dataset: str) -> None:
+def log_run_config(ctx: RunContext, config: Mapping[str, Any], config_yaml: str, overrides: Sequence[str],
+                   dataset: str) -> None:
     """Log the resolved config (YAML artifact + flat params), the overrides, the commit and the dataset."""
-    import mlflow
-
-    run = mlflow.active_run()
-    assert run is not None, "log_run_config needs an active run"
-    existing = mlflow.get_run(run.info.run_id).data
-    mlflow.log_text(config_yaml, "config/config.yaml")
+    existing = ctx.recorder.client.get_run(ctx.run_id).data
+    ctx.recorder.log_text(config_yaml, "config/config.yaml")
     params = flatten_config(config)
     if "overrides" not in existing.params:  # `mlflow run` already logged its entry-point parameter
         params["overrides"] = " ".join(overrides)
-    mlflow.log_params(params)
+    ctx.recorder.log_params(params)
     tags = {"edgeqat.dataset": dataset, "edgeqat.overrides": " ".join(overrides)[:5000]}
     commit = git_commit()
     if commit and "mlflow.source.git.commit" not in existing.tags:
         tags["mlflow.source.git.commit"] = commit
-    mlflow.set_tags(tags)
+    ctx.recorder.set_tags(tags)
 
 
 def fail_attached_run(exc: BaseException) -> None:
@@ -122,6 +183,7 @@ def fail_attached_run(exc: BaseException) -> None:
     try:
         client = MlflowClient(resolve_tracking_uri())
         client.set_tag(run_id, FAILURE_TAG, failure_line(exc))
+        client.set_tag(run_id, STATUS_TAG, "FAILED")
         client.set_terminated(run_id, "FAILED")
     except Exception:  # the tracking server may be the very thing that failed; the exit code still tells
         pass

@@ -1,0 +1,202 @@
+"""Step VERIFY (graph side): which kernels ORT really runs, and why the float ones stay float.
+
+Reads the graph ORT produces after ORT_ENABLE_ALL optimization (``optimized_model_filepath``), so
+the counts are what executes (QLinearConv, QGemm, ...), not what the exporter wrote.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgeqat.quant.errors import QuantizationError
+from edgeqat.quant.ort_session import cpu_session
+from edgeqat.quant.steps import QuantStep
+
+__all__ = ["FloatNode", "GraphReport", "assert_integer_kernels", "inspect_ort_graph"]
+
+# Ops that compute in integer arithmetic on ORT's CPU EP.
+INTEGER_OPS = frozenset({
+    "QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu",
+    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "QLinearSoftmax", "QLinearWhere",
+    "QLinearReduceMean", "QAttention",
+})
+_QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+_INT_OUTPUT_OPS = INTEGER_OPS | {"QuantizeLinear", "DynamicQuantizeLinear"}
+_INT_SIDE_OPS = frozenset({"Shape", "Size", "NonZero", "ArgMax", "ArgMin"})  # outputs are index tensors
+
+# Why ORT leaves an op float when it has no choice (reason per op type).
+_NO_INTEGER_KERNEL = {
+    "HardSwish": "ORT has no int8 HardSwish kernel; it runs in float between DequantizeLinear and QuantizeLinear",
+    "HardSigmoid": "ORT has no int8 HardSigmoid kernel; it runs in float between DequantizeLinear and QuantizeLinear",
+    "Gelu": "ORT has no int8 Gelu kernel",
+    "BiasGelu": "ORT has no int8 Gelu kernel",
+    "Tanh": "ORT has no int8 Tanh kernel",
+    "Erf": "ORT has no int8 Erf kernel",
+    "Elu": "ORT has no int8 Elu kernel",
+    "Mish": "ORT has no int8 Mish kernel",
+    "Softplus": "ORT has no int8 Softplus kernel",
+    "ReduceMean": "ORT has no int8 ReduceMean; only a mean over (H, W) of a 4-D tensor becomes QLinearGlobalAveragePool",
+    "BatchNormalization": "BatchNormalization not folded: no convolution directly in front of it",
+    "Sub": "ORT has no int8 Sub kernel",
+    "Div": "ORT has no int8 Div kernel",
+    "Pow": "ORT has no int8 Pow kernel",
+    "Sqrt": "ORT has no int8 Sqrt kernel",
+    "Resize": "float Resize: its input is not quantized",
+    "ReorderInput": "layout conversion (NCHWc) ORT inserts in front of a float convolution",
+    "ReorderOutput": "layout conversion (NCHWc) ORT inserts after a float convolution",
+    "Transpose": "layout transpose ORT inserts around a float op (NHWC int8 kernels vs NCHW float ops)",
+}
+
+
+@dataclass(frozen=True)
+class FloatNode:
+    """One node of the ORT-optimized graph that computes in float."""
+
+    name: str
+    op_type: str
+    reason: str
+
+
+@dataclass
+class GraphReport:
+    """Kernel census of the ORT-optimized graph (the ``int8/report.json`` artifact)."""
+
+    op_counts: dict[str, int]
+    float_nodes: list[FloatNode] = field(default_factory=list)
+
+    @property
+    def integer_op_count(self) -> int:
+        """How many nodes run integer kernels (QLinearConv, QGemm, QLinearAdd, ...)."""
+        return sum(n for op, n in self.op_counts.items() if op in INTEGER_OPS)
+
+    def count(self, op_type: str) -> int:
+        return self.op_counts.get(op_type, 0)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form; ``float_ops`` summarizes float nodes by op type."""
+        return {
+            "op_counts": dict(sorted(self.op_counts.items())),
+            "integer_op_count": self.integer_op_count,
+            "float_ops": dict(collections.Counter(n.op_type for n in self.float_nodes)),
+            "float_nodes": [asdict(n) for n in self.float_nodes],
+        }
+
+    def save_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+
+def inspect_ort_graph(onnx_path: str | Path) -> GraphReport:
+    """Optimize ``onnx_path`` with ORT (ORT_ENABLE_ALL, 1 thread) and report its kernels.
+
+    Raises:
+        QuantizationError: ORT cannot load the model.
+    """
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        try:
+            cpu_session(onnx_path, threads=1, optimized_model_path=optimized)
+        except Exception as exc:
+            raise QuantizationError(
+                f"[{QuantStep.VERIFY.value}] ONNX Runtime cannot load {onnx_path}: {exc}"
+            ) from exc
+        model = onnx.load(str(optimized))
+    nodes = list(model.graph.node)
+    op_counts = dict(collections.Counter(n.op_type for n in nodes))
+    return GraphReport(op_counts=op_counts, float_nodes=_float_nodes(model))
+
+
+def assert_integer_kernels(report: GraphReport, what: str = "the INT8 model") -> None:
+    """Refuse a 'quantized' artifact that ORT executes without a single integer kernel."""
+    if report.integer_op_count == 0:
+        top = dict(collections.Counter(report.op_counts).most_common(6))
+        raise QuantizationError(
+            f"[{QuantStep.VERIFY.value}] {what} runs no integer kernel in ONNX Runtime (ops: {top}); it is a "
+            "float model and must not be published as INT8. Check that prepare_qat quantized the backbone "
+            "(no float_modules covering everything) and that export kept the QuantizeLinear/DequantizeLinear pairs."
+        )
+
+
+def _float_nodes(model: object) -> list[FloatNode]:
+    """Nodes whose data input and output are float, with a reason for each."""
+    graph = model.graph  # type: ignore[attr-defined]
+    dtypes = _infer_float_values(graph)
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    initializers = {i.name for i in graph.initializer}
+    result = []
+    for node in graph.node:
+        if node.op_type in _QDQ_OPS or node.op_type in INTEGER_OPS or node.op_type == "Constant":
+            continue
+        data_inputs = [i for i in node.input if i and i not in initializers]
+        if not any(dtypes.get(i) for i in data_inputs) or not any(dtypes.get(o) for o in node.output):
+            continue
+        result.append(FloatNode(node.name, node.op_type, _reason(node, producers, consumers, data_inputs)))
+    return result
+
+
+def _infer_float_values(graph: object) -> dict[str, bool]:
+    """Value name -> True if it holds float data (propagated in topological order)."""
+    from onnx import TensorProto
+
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+    is_float: dict[str, bool] = {}
+    for vi in graph.input:  # type: ignore[attr-defined]
+        is_float[vi.name] = vi.type.tensor_type.elem_type in floats
+    for init in graph.initializer:  # type: ignore[attr-defined]
+        is_float[init.name] = init.data_type in floats
+    for node in graph.node:  # type: ignore[attr-defined]
+        if node.op_type in _INT_OUTPUT_OPS or node.op_type in _INT_SIDE_OPS:
+            out = False
+        elif node.op_type == "DequantizeLinear":
+            out = True
+        elif node.op_type == "Cast":
+            out = next((a.i for a in node.attribute if a.name == "to"), 0) in floats
+        else:
+            out = any(is_float.get(i, False) for i in node.input[:1] if i) or (
+                not node.input and node.op_type != "Constant"
+            )
+            if node.op_type == "Constant":
+                out = any(a.t.data_type in floats for a in node.attribute if a.name == "value")
+        for name in node.output:
+            is_float[name] = out
+    return is_float
+
+
+def _reason(node: object, producers: dict, consumers: dict, data_inputs: list[str]) -> str:
+    op = node.op_type  # type: ignore[attr-defined]
+    fed_by_dq = bool(data_inputs) and all(
+        producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in data_inputs
+    )
+    feeds_q = all(c.op_type == "QuantizeLinear" for o in node.output for c in consumers.get(o, [])) and any(  # type: ignore[attr-defined]
+        consumers.get(o) for o in node.output  # type: ignore[attr-defined]
+    )
+    if op in _NO_INTEGER_KERNEL:
+        return _NO_INTEGER_KERNEL[op]
+    if op == "Clip":
+        if not feeds_q:
+            return "Clip not fused: not followed by a QuantizeLinear whose range it covers"
+        return "Clip not fused: its range differs from the following QuantizeLinear's range"
+    if op in ("Relu",):
+        return "Relu not fused: not directly followed by a QuantizeLinear with zero point at the range minimum"
+    if not fed_by_dq:
+        float_src = [producers[i].op_type for i in data_inputs if i in producers and producers[i].op_type != "DequantizeLinear"]
+        return (
+            f"input not quantized: fed by float {sorted(set(float_src))}" if float_src
+            else "input not quantized: reads the float graph input or an unquantized value"
+        )
+    if not feeds_q:
+        return "output not quantized: not followed by QuantizeLinear (e.g. the model output or a float consumer)"
+    return f"ORT has no int8 {op} kernel for this pattern; runs in float between DequantizeLinear and QuantizeLinear"

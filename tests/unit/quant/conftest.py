@@ -1,0 +1,32 @@
+"""Fixtures for the quant tests: models trained once per session, artifacts exported once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.unit.quant.tiny import Artifacts, make_artifacts
+
+PARITY_MODELS = ["test_resnet", "tiny_mobile", "tiny_shuffle"]
+
+
+@pytest.fixture(autouse=True)
+def _two_threads() -> None:
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Artifacts]:
+    """Lazily built per model name: FP32 -> QAT -> convert -> ONNX (FP32 and INT8)."""
+    out = tmp_path_factory.mktemp("quant_artifacts")
+    cache: dict[str, Artifacts] = {}
+
+    class _Lazy(dict):
+        def __missing__(self, name: str) -> Artifacts:
+            cache[name] = make_artifacts(name, Path(out))
+            self[name] = cache[name]
+            return cache[name]
+
+    return _Lazy()

@@ -1,0 +1,99 @@
+"""Numerics: torch fake-quant (eval) vs converted torch vs ONNX Runtime INT8, and the artifact's form."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgeqat.quant import assert_integer_kernels, evaluate_onnx, file_size_mb, inspect_ort_graph, run_onnx
+from tests.unit.quant.conftest import PARITY_MODELS
+
+# Stated tolerance: logits agree within 3 output quantization steps (output scale = range / 255),
+# and top-1 agrees on >= 99% of 256 structured inputs.
+MAX_STEPS = 3
+MIN_AGREEMENT = 0.99
+
+
+def _logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(images)).numpy()
+
+
+@pytest.mark.parametrize("name", PARITY_MODELS)
+def test_fake_quant_converted_and_ort_agree(artifacts, name: str) -> None:
+    a = artifacts[name]
+    a.prepared.eval()
+    fake_quant = _logits(a.prepared, a.images)
+    converted = _logits(a.converted, a.images)
+    ort = run_onnx(a.int8_onnx, a.images)
+    step = (fake_quant.max() - min(fake_quant.min(), 0.0)) / 255
+    for other, label in ((converted, "converted"), (ort, "ORT INT8")):
+        assert np.abs(fake_quant - other).max() <= MAX_STEPS * step, f"{label} drifts from fake-quant"
+        assert (fake_quant.argmax(1) == other.argmax(1)).mean() >= MIN_AGREEMENT, label
+    result = evaluate_onnx(a.int8_onnx, a.images, a.labels, reference_logits=fake_quant)
+    assert result.top1_agreement is not None and result.top1_agreement >= MIN_AGREEMENT
+    fp32_accuracy = (_logits(a.fp32, a.images).argmax(1) == a.labels).mean()
+    assert result.accuracy >= fp32_accuracy - 0.05
+
+
+@pytest.mark.parametrize("name", PARITY_MODELS)
+def test_int8_graph_is_qdq_with_int8_weights(artifacts, name: str) -> None:
+    model = onnx.load(str(artifacts[name].int8_onnx))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    float_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2]
+    assert int8_weights, "conv/linear weights must be stored as int8 initializers"
+    assert not float_weights, f"float weight tensors left: {[i.name for i in float_weights][:3]}"
+    assert not any(len(n.metadata_props) for n in model.graph.node), "exporter debug metadata not stripped"
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param, "batch axis should be dynamic"
+
+
+def test_int8_file_markedly_smaller(artifacts) -> None:
+    a = artifacts["test_resnet"]
+    assert file_size_mb(a.int8_onnx) / file_size_mb(a.fp32_onnx) < 0.35
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "tiny_shuffle"])
+def test_relu_nets_run_all_integer(artifacts, name: str) -> None:
+    """conv->BN->ReLU fused as one unit, pools/add/cat/shuffle integer: nothing left float."""
+    report = inspect_ort_graph(artifacts[name].int8_onnx)
+    assert_integer_kernels(report)
+    assert report.count("QLinearConv") > 0 and report.count("Conv") == 0 and report.count("FusedConv") == 0
+    assert report.count("Relu") == 0 and report.count("Clip") == 0
+    assert report.float_nodes == [], report.to_dict()["float_nodes"]
+
+
+def test_mobile_float_islands_are_reported_with_reasons(artifacts) -> None:
+    report = inspect_ort_graph(artifacts["tiny_mobile"].int8_onnx)
+    # depthwise conv+ReLU6, SE (mean->pool, sigmoid, mul), SiLU split, residual add: all integer
+    for op in ("QLinearConv", "QLinearGlobalAveragePool", "QLinearMul", "QLinearSigmoid", "QLinearAdd", "QGemm"):
+        assert report.count(op) > 0, op
+    assert report.count("Conv") == 0 and report.count("Clip") == 0 and report.count("ReduceMean") == 0
+    float_ops = {n.op_type for n in report.float_nodes}
+    assert "HardSigmoid" in float_ops  # hardswish / hardsigmoid: no int8 kernel in ORT
+    assert all(n.reason for n in report.float_nodes)
+    as_dict = report.to_dict()
+    assert as_dict["float_ops"]["HardSigmoid"] == sum(n.op_type == "HardSigmoid" for n in report.float_nodes)
+    assert {"name", "op_type", "reason"} <= set(as_dict["float_nodes"][0])
+
+
+def test_fp32_model_refused_as_int8(artifacts) -> None:
+    from edgeqat.quant import QuantizationError
+
+    with pytest.raises(QuantizationError, match="no integer kernel"):
+        assert_integer_kernels(inspect_ort_graph(artifacts["test_resnet"].fp32_onnx))
+
+
+def test_prepared_model_keeps_training_after_convert(artifacts) -> None:
+    """convert works on a copy: the prepared model still trains and its graph is untouched."""
+    a = artifacts["tiny_shuffle"]
+    a.prepared.train()
+    out = a.prepared(torch.from_numpy(a.images[:4]))
+    out.sum().backward()
+    a.prepared.eval()
+    assert all(p.grad is not None for p in a.prepared.parameters() if p.requires_grad)
+    a.prepared.zero_grad()
