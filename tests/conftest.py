@@ -10,6 +10,8 @@ from omegaconf import DictConfig
 
 from edgeqat.config import compose_config
 
+pytest_plugins = ["tests.fixtures.servers"]
+
 # A seconds-long job: tiny digits images, one epoch, no progress bars.
 TINY = [
     "data=digits",

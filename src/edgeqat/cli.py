@@ -22,7 +22,11 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from edgeqat.train import train
 
-    train(cfg, overrides)
+    result = train(cfg, overrides)
+    if result.spool_path:
+        print(f"edgeqat: warning: the tracking server was unreachable at the end; run {result.run_id} is "
+              f"spooled at {result.spool_path}: upload it with `edgeqat sync {result.spool_path}`", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -32,6 +36,15 @@ def _models_list(args: argparse.Namespace) -> int:
     names = list_backbones(args.pattern)
     print("\n".join(names))
     return 0 if names else 1
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from edgeqat.tracking import sync_spool
+
+    result = sync_spool(args.spool, args.tracking_uri)
+    print(f"run {result.run_id}: uploaded {result.uploaded} operations"
+          + (f" ({result.already_done} were already uploaded)" if result.already_done else ""))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,13 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
     ls = models_sub.add_parser("list", help="list buildable backbones (timm + torchvision adapters)")
     ls.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'mobilenet*'")
     ls.set_defaults(func=_models_list)
+
+    sync = sub.add_parser("sync", help="upload a run spooled while the tracking server was unreachable")
+    sync.add_argument("spool", help="the spool directory the job printed (outputs/spool/<run_id>)")
+    sync.add_argument("--tracking-uri", help="server to upload to (default: the one the run was logging to)")
+    sync.set_defaults(func=_sync)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from edgeqat.tracking.run import Preempted
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except (SIGTERMException, Preempted):
+        print("edgeqat: stopped by SIGTERM; the run is KILLED and tagged with its resumable checkpoint "
+              "(edgeqat.checkpoint_uri): resume with ckpt_path=<file>", file=sys.stderr)
+        return 143
     except EdgeqatError as e:
         from edgeqat.tracking import fail_attached_run
 

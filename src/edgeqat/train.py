@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
@@ -68,8 +70,17 @@ def fit_and_test(trainer: L.Trainer, checkpoint: ModelCheckpoint, module: L.Ligh
         trainer.test(module, datamodule=datamodule, ckpt_path="best" if checkpoint.best_model_path else None)
 
 
-def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]:
-    """Run one job as one MLflow run; returns the final metrics."""
+@dataclass(frozen=True)
+class TrainResult:
+    """What one job produced: its run, final metrics, and the spool if the server was away at the end."""
+
+    run_id: str
+    metrics: dict[str, float]
+    spool_path: Path | None = None
+
+
+def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
+    """Run one job as one MLflow run."""
     datamodule, module = build(cfg)
     tc = cfg.tracking
     with tracked_run(tc.tracking_uri, tc.experiment_name, cfg.output_dir, tc.run_name, dict(tc.tags),
@@ -79,8 +90,5 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]:
         trainer, checkpoint = make_trainer(cfg, run, "fp32", cfg.trainer.max_epochs)
         fit_and_test(trainer, checkpoint, module, datamodule, cfg.ckpt_path)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if run.spool_path:
-        log.warning("run %s is spooled at %s: upload it with `edgeqat sync %s`", run.run_id, run.spool_path,
-                    run.spool_path)
     log.info("run %s finished: %s", run.run_id, {k: round(v, 4) for k, v in metrics.items() if "test/acc" in k})
-    return metrics
+    return TrainResult(run.run_id, metrics, run.spool_path)

@@ -120,12 +120,14 @@ class RunRecorder:
         batch = [head]
         if head["op"] in ("metrics", "params", "tags"):
             key, limit = head["op"], MAX_BATCH_METRICS if head["op"] == "metrics" else MAX_BATCH_PARAMS_TAGS
-            size = len(head[key])
+            size, seen = len(head[key]), set(head[key]) if key == "params" else set[str]()
             for op in list(self._queue)[1:]:
-                if op["op"] != key or size + len(op[key]) > limit:
-                    break
+                if op["op"] != key or size + len(op[key]) > limit or (key == "params" and seen & set(op[key])):
+                    break  # a repeated param goes alone, so the server sees (and refuses) the change
                 batch.append(op)
                 size += len(op[key])
+                if key == "params":
+                    seen |= set(op[key])
         return batch
 
     def _worker(self) -> None:

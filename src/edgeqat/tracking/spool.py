@@ -78,7 +78,8 @@ def write_spool(spool_dir: Path, tracking_uri: str, run_id: str, ops: list[dict[
         for i, op in enumerate(ops):
             if op["op"] == "artifact":
                 src = Path(op["path"])
-                dst = files / f"{i:06d}-{src.name}"
+                dst = files / f"{i:06d}" / src.name  # one folder per file: the artifact keeps its name
+                dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
                 op = {**op, "path": str(dst.relative_to(spool_dir))}
             f.write(json.dumps(op) + "\n")
