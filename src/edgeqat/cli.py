@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'mobilenet*'")
     ls.set_defaults(func=_models_list)
 
+    from edgeqat.stack.cli import add_stack_parser
+
+    add_stack_parser(sub)
+
     sync = sub.add_parser("sync", help="upload a run spooled while the tracking server was unreachable")
     sync.add_argument("spool", help="the spool directory the job printed (outputs/spool/<run_id>)")
     sync.add_argument("--tracking-uri", help="server to upload to (default: the one the run was logging to)")

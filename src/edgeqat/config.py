@@ -79,6 +79,8 @@ class TrainerConfig:
     max_epochs: int = 5
     accelerator: str = "cpu"
     devices: Any = 1
+    strategy: Any = "auto"  # ddp for multi-process / multi-node; only rank zero writes to MLflow
+    num_nodes: int = 1
     precision: Any = "32-true"
     deterministic: bool = False
     log_every_n_steps: int = 10

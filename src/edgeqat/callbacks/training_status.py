@@ -30,11 +30,11 @@ class TrainingStatus(L.Callback):
         self.epoch_offset, self.total_epochs = epoch_offset, total_epochs
         self._start = 0.0
         self._last = float("-inf")
+        self._steps = 1
         self.updates = 0
 
     def _fraction(self, trainer: L.Trainer) -> float:
-        steps = max(1, int(trainer.estimated_stepping_batches))
-        in_fit = min(1.0, trainer.global_step / steps)
+        in_fit = min(1.0, trainer.global_step / self._steps)
         total = self.total_epochs or trainer.max_epochs or 1
         return min(1.0, (self.epoch_offset + in_fit * (trainer.max_epochs or 1)) / total)
 
@@ -45,7 +45,7 @@ class TrainingStatus(L.Callback):
         self._last = now
         fraction = self._fraction(trainer)
         tags = {"edgeqat.phase": self.phase, "edgeqat.progress": f"{100 * fraction:.0f}"}
-        done_in_fit = trainer.global_step / max(1, int(trainer.estimated_stepping_batches))
+        done_in_fit = trainer.global_step / self._steps
         if done_in_fit > 0:
             elapsed = now - self._start
             total = self.total_epochs or trainer.max_epochs or 1
@@ -56,10 +56,12 @@ class TrainingStatus(L.Callback):
         self.updates += 1
 
     @override
-    @rank_zero_only
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # estimated_stepping_batches is a collective under DDP: every rank computes it, rank zero writes
+        self._steps = max(1, int(trainer.estimated_stepping_batches))
         self._start = time.monotonic()
-        self._publish(trainer, force=True)
+        if trainer.is_global_zero:
+            self._publish(trainer, force=True)
 
     @override
     @rank_zero_only

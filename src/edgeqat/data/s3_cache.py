@@ -15,6 +15,7 @@ the stack's documented defaults when unset; otherwise boto3's own chain.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -138,10 +139,8 @@ def _local_files(root: Path) -> Iterator[tuple[str, Path]]:
 
 def _prune_empty_dirs(root: Path) -> None:
     for path in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        try:
+        with contextlib.suppress(OSError):  # not empty
             path.rmdir()
-        except OSError:
-            pass  # not empty
 
 
 def sync_s3_prefix(uri: str, cache_root: Path, *, endpoint_url: str | None = None) -> S3SyncResult:
@@ -161,8 +160,17 @@ def sync_s3_prefix(uri: str, cache_root: Path, *, endpoint_url: str | None = Non
     """
     bucket, prefix = parse_s3_uri(uri)
     endpoint = resolve_endpoint_url(endpoint_url)
-    client = _client(endpoint)
     local_dir = Path(cache_root).expanduser() / bucket / prefix if prefix else Path(cache_root).expanduser() / bucket
+    client = _client(endpoint)
+    try:
+        return _sync(client, uri, bucket, prefix, endpoint, local_dir)
+    finally:
+        client.close()  # an open keep-alive connection would hold up the server's graceful stop
+
+
+def _sync(
+    client: BaseClient, uri: str, bucket: str, prefix: str, endpoint: str | None, local_dir: Path
+) -> S3SyncResult:
     manifest_path = local_dir.with_name(local_dir.name + MANIFEST_SUFFIX)
 
     try:
@@ -193,12 +201,13 @@ def sync_s3_prefix(uri: str, cache_root: Path, *, endpoint_url: str | None = Non
         except botocore_errors() as e:
             if error_code(e) in {"404", "NoSuchKey"}:
                 raise S3Error(f"s3://{bucket}/{obj.key} was deleted while syncing {uri}: sync again") from None
-            raise explain_s3_error(e, endpoint_url=endpoint, bucket=bucket, action=f"download s3://{bucket}/{obj.key}") from None
+            action = f"download s3://{bucket}/{obj.key}"
+            raise explain_s3_error(e, endpoint_url=endpoint, bucket=bucket, action=action) from None
 
     done = dict(kept)
     try:
         with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-            for obj, _ in zip(todo, pool.map(fetch, todo)):
+            for obj, _ in zip(todo, pool.map(fetch, todo), strict=True):
                 done[obj.rel] = {"etag": obj.etag, "size": obj.size}
     finally:
         _save_manifest(manifest_path, uri, done)  # what did arrive is not fetched again next time
@@ -234,6 +243,14 @@ def upload_tree(local_dir: Path, uri: str, *, endpoint_url: str | None = None) -
     endpoint = resolve_endpoint_url(endpoint_url)
     client = _client(endpoint)
     try:
+        return _upload(client, files, uri, bucket, prefix, endpoint)
+    finally:
+        client.close()
+
+
+def _upload(client: BaseClient, files: list[tuple[str, Path]], uri: str, bucket: str, prefix: str,
+            endpoint: str | None) -> int:
+    try:
         existing = {o.rel: o for o in _list_remote(client, bucket, prefix, uri)}
     except botocore_errors() as e:
         raise explain_s3_error(e, endpoint_url=endpoint, bucket=bucket, action=f"list {uri}") from None
@@ -251,13 +268,9 @@ def upload_tree(local_dir: Path, uri: str, *, endpoint_url: str | None = None) -
         key = posixpath.join(prefix, rel) if prefix else rel
         try:
             client.upload_file(str(path), bucket, key)
-        except botocore_errors() as e:
-            raise explain_s3_error(e, endpoint_url=endpoint, bucket=bucket, action=f"upload {path}") from None
-        except S3Error:
-            raise
-        except Exception as e:  # boto3's S3UploadFailedError wraps the ClientError
-            cause = e.__cause__ or e.__context__
-            if cause is not None and isinstance(cause, botocore_errors()):
+        except Exception as e:  # boto3 wraps a ClientError in S3UploadFailedError
+            cause = e if isinstance(e, botocore_errors()) else (e.__cause__ or e.__context__)
+            if isinstance(cause, botocore_errors()):
                 raise explain_s3_error(cause, endpoint_url=endpoint, bucket=bucket, action=f"upload {path}") from None
             raise
 

@@ -3,6 +3,10 @@
 PREPARE ``prepare_qat`` -> TRAIN (Lightning + ``QATSchedule``) -> CONVERT ``convert`` ->
 EXPORT ``export_onnx`` -> VERIFY ``inspect_ort_graph`` / ``evaluate_onnx``; ``ptq_onnx`` is the ORT
 post-training baseline.
+
+``prepare_qat`` returns a ``QATModel`` (an ``nn.Module`` holding the fake-quant GraphModule as
+``.graph_module``) rather than the bare graph: train/eval must follow Lightning's direct
+``module.training`` assignments, which no patch on the graph itself can see (see ``qat_model``).
 """
 
 from edgeqat.quant.convert import convert

@@ -14,7 +14,7 @@ from edgeqat.quant.steps import QuantStep
 
 __all__ = ["convert"]
 
-_QUANTIZE_OPS = ("quantize_per_tensor", "quantize_per_channel", "dequantize_per_tensor", "dequantize_per_channel")
+_QDQ_OPS = {"quantize_per_tensor", "quantize_per_channel", "dequantize_per_tensor", "dequantize_per_channel"}
 
 
 def convert(prepared: QATModel) -> GraphModule:
@@ -39,10 +39,18 @@ def convert(prepared: QATModel) -> GraphModule:
         converted = convert_pt2e(model)
     set_graph_mode(converted, training=False)
     restore_train_eval_methods(converted).eval()  # BN is folded; eval() only sets the flag
-    n_q = sum(1 for n in converted.graph.nodes if n.op == "call_function" and any(q in str(n.target) for q in _QUANTIZE_OPS))
-    if n_q == 0:
+    if not _has_qdq(converted):
         raise QuantizationError(
             f"[{QuantStep.CONVERT.value}] the converted graph has no quantize/dequantize op; was the model "
             "prepared with edgeqat.quant.prepare_qat?"
         )
     return converted
+
+
+def _has_qdq(gm: GraphModule) -> bool:
+    """Any ``quantized_decomposed.(de)quantize_per_*`` call in the graph."""
+    for node in gm.graph.nodes:
+        parts = str(node.target).split(".")
+        if node.op == "call_function" and len(parts) > 1 and parts[1] in _QDQ_OPS:
+            return True
+    return False

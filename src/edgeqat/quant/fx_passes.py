@@ -8,6 +8,11 @@ Every pass keeps the math identical (same outputs in float); only the op spellin
   a float island (ORT has no int8 SiLU).
 * ``channel_shuffle_to_index_select``: ShuffleNet's reshape-transpose-reshape -> one channel gather
   (ORT moves uint8 through Gather; the 5-D transposes cost more on the int8 path).
+* ``decompose_hard_activations``: ``hardsigmoid(x)`` -> ``hardtanh(x + 3, 0, 6) * (1/6)`` and
+  ``hardswish(x)`` -> ``x * hardsigmoid(x)``. ORT has no int8 HardSigmoid/HardSwish; this way the
+  add+clip is one QLinearAdd, the ``* 1/6`` becomes a pure rescale of the dequantized output
+  (folded away by ``onnx_passes``) and the product a QLinearMul: no float island left. The nodes
+  are tagged (``HARD_SIGMOID_TAG``) so the quantizer gives them the exact fixed ranges.
 
 Passes are a registry so a new rewrite is one decorated function.
 """
@@ -22,6 +27,8 @@ from torch.fx import GraphModule, Node
 __all__ = ["apply_passes", "list_passes", "register_pass"]
 
 aten = torch.ops.aten
+
+HARD_SIGMOID_TAG = "edgeqat_hard_sigmoid"  # node.meta key: "add" | "clamp" | "scale"
 
 FxPass = Callable[[GraphModule], int]  # returns how many sites it rewrote
 _PASSES: dict[str, FxPass] = {}
@@ -153,5 +160,53 @@ def _channel_shuffle_to_index_select(gm: GraphModule) -> int:
             out = gm.graph.call_function(aten.index_select.default, (x, 1, index))
             out.meta = dict(last.meta)
         last.replace_all_uses_with(out)
+        count += 1
+    return count
+
+
+def _constant(gm: GraphModule, like: Node, value: float, stem: str) -> Node:
+    """A scalar float tensor buffer read by a get_attr node (annotators can quantize it)."""
+    name = stem
+    i = 0
+    while hasattr(gm, name):
+        i += 1
+        name = f"{stem}_{i}"
+    tensor = torch.tensor(value, dtype=torch.float32)
+    gm.register_buffer(name, tensor)
+    node = gm.graph.get_attr(name)
+    fake_mode = getattr(_val(like), "fake_mode", None)
+    if fake_mode is not None:
+        node.meta["val"] = fake_mode.from_tensor(tensor, static_shapes=True)
+    return node
+
+
+def _hard_sigmoid(gm: GraphModule, x: Node, like: Node) -> Node:
+    """Insert ``hardtanh(x + 3, 0, 6) * (1/6)`` before ``like``; returns the output node."""
+    three = _constant(gm, like, 3.0, "_hard_sigmoid_offset")
+    shifted = gm.graph.call_function(aten.add.Tensor, (x, three))
+    clamped = gm.graph.call_function(aten.hardtanh.default, (shifted, 0.0, 6.0))
+    scaled = gm.graph.call_function(aten.mul.Tensor, (clamped, 1.0 / 6.0))
+    for node, role in ((shifted, "add"), (clamped, "clamp"), (scaled, "scale")):
+        node.meta = dict(like.meta)
+        node.meta[HARD_SIGMOID_TAG] = role
+    return scaled
+
+
+@register_pass("decompose_hard_activations")
+def _decompose_hard_activations(gm: GraphModule) -> int:
+    count = 0
+    sigmoids = (aten.hardsigmoid.default, aten.hardsigmoid_.default)
+    swishes = (aten.hardswish.default, aten.hardswish_.default)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in sigmoids + swishes:
+            continue
+        x = node.args[0]
+        with gm.graph.inserting_before(node):
+            out = _hard_sigmoid(gm, x, node)
+            if node.target in swishes:
+                out = gm.graph.call_function(aten.mul.Tensor, (x, out))
+                out.meta = dict(node.meta)
+        node.replace_all_uses_with(out)
+        gm.graph.erase_node(node)
         count += 1
     return count

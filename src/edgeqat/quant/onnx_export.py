@@ -32,6 +32,13 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
     import onnx
     from torch.export import Dim
 
+    from edgeqat.quant.qat_model import QATModel
+
+    if isinstance(model, QATModel):
+        raise TypeError(
+            "export_onnx got the fake-quant QATModel; export convert(prepared) for the INT8 artifact, "
+            "or the original float model for FP32."
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training

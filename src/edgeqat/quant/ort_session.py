@@ -11,7 +11,9 @@ if TYPE_CHECKING:
 __all__ = ["cpu_session"]
 
 
-def cpu_session(onnx_path: str | Path, threads: int = 1, optimized_model_path: str | Path | None = None) -> ort.InferenceSession:
+def cpu_session(
+    onnx_path: str | Path, threads: int = 1, optimized_model_path: str | Path | None = None
+) -> ort.InferenceSession:
     """CPUExecutionProvider, ORT_ENABLE_ALL (the level that builds the NHWC int8 kernels).
 
     ``threads`` is the intra-op thread count; inter-op is 1 (sequential execution).

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 
 from edgeqat.quant._conv_bn_patterns import only_present_conv_kinds
 from edgeqat.quant.errors import QuantizationError
@@ -18,6 +18,8 @@ from edgeqat.quant.quantizer import EdgeQuantizer
 from edgeqat.quant.steps import QuantStep
 
 __all__ = ["check_batchnorm", "prepare_qat"]
+
+_BATCH_NORM = torch.ops.aten.batch_norm.default
 
 def prepare_qat(
     model: nn.Module,
@@ -45,6 +47,7 @@ def prepare_qat(
     check_batchnorm(model)
     graph = _export(model, example_input)
     set_graph_mode(graph, training=True)
+    bn_args = _bn_args_by_running_var(graph)
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     try:
@@ -55,6 +58,7 @@ def prepare_qat(
             f"[{QuantStep.PREPARE.value}] inserting fake-quant failed: {type(exc).__name__}: {exc}. "
             f"Leave the offending module float with prepare_qat(..., float_modules=[...])."
         ) from exc
+    _restore_bn_args(prepared, bn_args)
     if not _has_fake_quant(prepared):
         raise QuantizationError(
             f"[{QuantStep.PREPARE.value}] no op of {type(model).__name__} was quantized (no conv, linear, "
@@ -104,6 +108,12 @@ def _check_float_modules(model: nn.Module, float_modules: Sequence[str]) -> None
 def _export(model: nn.Module, example_input: torch.Tensor) -> GraphModule:
     from torch.export import Dim
 
+    if example_input.dim() < 2:
+        raise QuantizationError(
+            f"example_input must be a batch shaped (N, C, ...), got shape {tuple(example_input.shape)}"
+        )
+    if example_input.shape[0] == 1:  # torch.export specializes size-1 dims: keep the batch dynamic
+        example_input = example_input.expand(2, *example_input.shape[1:]).contiguous()
     dims = {0: Dim.AUTO, **{d: Dim.AUTO for d in range(2, example_input.dim())}}
     was_training = model.training
     model.eval()
@@ -133,6 +143,45 @@ def _describe_export_failure(model: nn.Module, exc: BaseException) -> str:
         f"{type(exc).__name__}: {first_line} Data-dependent Python control flow (e.g. `if x.sum() > 0:`) "
         "cannot be captured: rewrite it with torch.where/torch.cond, or keep this model FP32 (no INT8 artifact)."
     )
+
+
+def _bn_args_by_running_var(gm: GraphModule) -> dict[str, tuple[float, float]]:
+    """(momentum, eps) of every BatchNorm call, keyed by its running_var buffer."""
+    found = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target is _BATCH_NORM and len(node.args) > 7:
+            var = node.args[4]
+            if isinstance(var, Node) and var.op == "get_attr":
+                found[str(var.target)] = (float(node.args[6]), float(node.args[7]))
+    return found
+
+
+def _restore_bn_args(gm: GraphModule, bn_args: dict[str, tuple[float, float]]) -> None:
+    """Put each BN's own eps/momentum back after torchao's QAT conv-BN rewrite.
+
+    The rewrite's replacement pattern hard-codes eps=1e-5 and momentum=0.1, both in the batch_norm
+    call and in the simulated fold ``sqrt(running_var + eps)``. torchvision MobileNetV3/EfficientNet
+    and timm ``tf_*`` models use eps=1e-3: with small running variances the prepared model would
+    start far from the trained FP32 one.
+    """
+    changed = False
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target is _BATCH_NORM and len(node.args) > 7:
+            var = node.args[4]
+            key = str(var.target) if isinstance(var, Node) and var.op == "get_attr" else None
+            if key in bn_args and (node.args[6], node.args[7]) != bn_args[key]:
+                node.args = (*node.args[:6], *bn_args[key], *node.args[8:])
+                changed = True
+        elif node.target is torch.ops.aten.add.Tensor and len(node.args) == 2:
+            var, eps = node.args
+            key = str(var.target) if isinstance(var, Node) and var.op == "get_attr" else None
+            if key in bn_args and isinstance(eps, float) and eps != bn_args[key][1]:
+                node.args = (var, bn_args[key][1])
+                changed = True
+    if changed:
+        gm.recompile()
 
 
 def _has_fake_quant(gm: GraphModule) -> bool:

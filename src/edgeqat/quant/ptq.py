@@ -27,7 +27,13 @@ def ptq_onnx(fp32_onnx: str | Path, calibration: Iterable[np.ndarray], out: str 
         QuantizationError: no calibration batch, or ORT's quantizer failed.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     input_name = onnx.load(str(fp32_onnx), load_external_data=False).graph.input[0].name
@@ -55,5 +61,7 @@ def ptq_onnx(fp32_onnx: str | Path, calibration: Iterable[np.ndarray], out: str 
                 calibrate_method=CalibrationMethod.MinMax,
             )
         except Exception as exc:
-            raise QuantizationError(f"ORT static quantization of {fp32_onnx} failed: {type(exc).__name__}: {exc}") from exc
+            raise QuantizationError(
+                f"ORT static quantization of {fp32_onnx} failed: {type(exc).__name__}: {exc}"
+            ) from exc
     return out

@@ -8,20 +8,25 @@ QDQ fusions on x86:
   (ORT's x86 QLinearConv/QGemm fusions want u8 activations x s8 weights);
 * a *unit* is quantized at its inputs and at its last node only: ``conv[->bn][->relu|relu6]``,
   ``linear[->relu|relu6]``, ``add[->relu]``. With no QuantizeLinear between conv and ReLU/Clip,
-  ORT drops the activation and emits one QLinearConv (the lite0 2.2x speed-up);
+  ORT drops the activation and emits one QLinearConv (what makes EfficientNet-Lite fast);
 * ops ORT has integer kernels for are quantized on every side: add, mul, cat, sigmoid, avg pools
-  (QLinearAdd/Mul/Concat/Sigmoid/(Global)AveragePool); SiLU becomes ``x * sigmoid(x)`` and the SE
-  ``mean`` becomes a global average pool first (see ``fx_passes``);
-* ops ORT has no integer kernel for (hardswish, hardsigmoid, gelu, ...) are quantized on both sides
+  (QLinearAdd/Mul/Concat/Sigmoid/(Global)AveragePool). ``fx_passes`` first rewrites SiLU to
+  ``x * sigmoid(x)``, the SE ``mean`` to a global average pool and hardswish/hardsigmoid to
+  ``relu6(x + 3) / 6`` forms, the latter with fixed ranges (0..6 and 0..1 on matching grids) so the
+  ``/ 6`` is a free rescale: MobileNetV3 runs without a float island;
+* ops ORT has no integer kernel for (gelu, tanh, stand-alone BN, ...) are quantized on both sides
   so they stay short float islands between integer neighbours (listed by ``inspect_ort_graph``);
 * data-movement ops (max pool, reshape, split, index_select, ...) share their input's qparams, so
-  ORT drops their Q/DQ pairs and moves uint8 data.
+  ORT drops their Q/DQ pairs and moves uint8 data;
+* an RGB stem conv without a max pool after it computes in float (ORT's u8s8 kernel is slower
+  than its FP32 one for 3 input channels); only its output is quantized.
 
 Annotators are registered in order; the first one to claim a node wins.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,7 +50,7 @@ from torchao.quantization.pt2e.quantizer import (
     get_module_name_filter,
 )
 
-from edgeqat.quant.fx_passes import apply_passes
+from edgeqat.quant.fx_passes import HARD_SIGMOID_TAG, apply_passes
 
 __all__ = [
     "EdgeQuantizer",
@@ -69,6 +74,8 @@ class QuantSpecs:
     weight: QuantizationSpec
     unit_interval: FixedQParamsQuantizationSpec  # outputs in [0, 1]: sigmoid, hardsigmoid
     signed_unit_interval: FixedQParamsQuantizationSpec  # outputs in [-1, 1]: tanh
+    zero_to_six: FixedQParamsQuantizationSpec  # outputs in [0, 6]: relu6(x + 3) inside hardsigmoid
+    float_stem: bool = True  # policy, not a spec: the RGB stem conv may compute in float (_is_float_stem)
 
     @classmethod
     def create(cls, qat: bool = True) -> QuantSpecs:
@@ -89,15 +96,22 @@ class QuantSpecs:
             dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
             ch_axis=0, observer_or_fake_quant_ctr=w_ctr,
         )
-        unit = FixedQParamsQuantizationSpec(
-            dtype=torch.uint8, scale=1.0 / 256.0, zero_point=0, quant_min=0, quant_max=255,
-            qscheme=torch.per_tensor_affine,
-        )
         signed = FixedQParamsQuantizationSpec(
             dtype=torch.uint8, scale=2.0 / 256.0, zero_point=128, quant_min=0, quant_max=255,
             qscheme=torch.per_tensor_affine,
         )
-        return cls(activation=activation, weight=weight, unit_interval=unit, signed_unit_interval=signed)
+        # 6/255 here and 1/255 for the unit interval: the "* 1/6" of hardsigmoid maps one grid onto
+        # the other exactly, so it is a rescale, not a requantization.
+        zero_to_six = FixedQParamsQuantizationSpec(
+            dtype=torch.uint8, scale=6.0 / 255.0, zero_point=0, quant_min=0, quant_max=255,
+            qscheme=torch.per_tensor_affine,
+        )
+        unit = FixedQParamsQuantizationSpec(
+            dtype=torch.uint8, scale=1.0 / 255.0, zero_point=0, quant_min=0, quant_max=255,
+            qscheme=torch.per_tensor_affine,
+        )
+        return cls(activation=activation, weight=weight, unit_interval=unit, signed_unit_interval=signed,
+                   zero_to_six=zero_to_six)
 
 
 Annotator = Callable[[GraphModule, QuantSpecs, NodeFilter], None]
@@ -129,13 +143,16 @@ class EdgeQuantizer(Quantizer):
             cannot be quantized or exported). Their ops get no fake-quant.
         qat: fake-quant modules for training (True) or plain observers for calibration (False).
         rewrites: apply the exact graph rewrites of ``fx_passes`` (SiLU split, mean -> global
-            pool, channel shuffle -> index_select) before annotating.
+            pool, channel shuffle -> index_select, hard activations) before annotating.
+        float_stem: keep an RGB stem conv float when no max pool follows it (see ``_is_float_stem``).
     """
 
-    def __init__(self, float_modules: Sequence[str] = (), qat: bool = True, rewrites: bool = True) -> None:
+    def __init__(
+        self, float_modules: Sequence[str] = (), qat: bool = True, rewrites: bool = True, float_stem: bool = True
+    ) -> None:
         super().__init__()
         self.float_modules = tuple(float_modules)
-        self.specs = QuantSpecs.create(qat=qat)
+        self.specs = dataclasses.replace(QuantSpecs.create(qat=qat), float_stem=float_stem)
         self.rewrites = rewrites
         self.rewrite_counts: dict[str, int] = {}
 
@@ -218,6 +235,24 @@ _ADD = {aten.add.Tensor, aten.add_.Tensor}
 _MUL = {aten.mul.Tensor, aten.mul_.Tensor}
 
 
+def _is_float_stem(op: Node) -> bool:
+    """A conv reading the model input with <= 4 channels (RGB stem).
+
+    ORT's u8s8 kernels are slower than its FP32 NCHWc stem kernel when the reduction is that
+    narrow (mobilenetv3_small stem: 0.56 ms int8 vs 0.15 ms FP32 at 224x224), so the stem conv
+    computes in float and only its output (after BN/activation) is quantized. Not when a max pool
+    follows (ResNet, ShuffleNet): ORT then moves the QuantizeLinear in front of the pool and runs
+    it as a slow NCHW uint8 MaxPool (resnet18: 6.3 -> 11.5 ms), while an int8 stem keeps the pool
+    in the NHWC int8 chain.
+    """
+    x, weight = op.args[0], op.args[1]
+    w = weight.meta.get("val") if isinstance(weight, Node) else None
+    return (
+        isinstance(x, Node) and x.op == "placeholder" and isinstance(w, torch.Tensor)
+        and w.dim() == 4 and w.shape[1] <= 4
+    )
+
+
 def _annotate_weighted_units(
     gm: GraphModule, specs: QuantSpecs, allowed: NodeFilter, ops: set, with_bn: bool
 ) -> None:
@@ -234,6 +269,12 @@ def _annotate_weighted_units(
             unit.append(act)
         x, weight = op.args[0], op.args[1]
         inputs: dict[Node, QuantizationSpecBase] = {x: specs.activation, weight: specs.weight}
+        if specs.float_stem and _is_float_stem(op) and _sole_user(unit[-1], {aten.max_pool2d.default}) is None:
+            # Float conv, quantized unit output. The conv stays unannotated (torchao's conv-BN
+            # fusion expects a conv annotation to carry input qspecs).
+            _mark(unit[1:-1])
+            _annotate(unit[-1], output=specs.activation)
+            continue
         if len(unit) == 1:
             _annotate(op, inputs, specs.activation)
         else:
@@ -252,6 +293,22 @@ def _annotate_conv_units(gm: GraphModule, specs: QuantSpecs, allowed: NodeFilter
 def _annotate_linear_units(gm: GraphModule, specs: QuantSpecs, allowed: NodeFilter) -> None:
     """linear[->relu|relu6]: QGemm in ORT."""
     _annotate_weighted_units(gm, specs, allowed, _LINEAR, with_bn=False)
+
+
+@register_annotator("hard_sigmoid")
+def _annotate_hard_sigmoids(gm: GraphModule, specs: QuantSpecs, allowed: NodeFilter) -> None:
+    """``hardtanh(x + 3, 0, 6) * 1/6`` from ``fx_passes``: one QLinearAdd (clip fused) and a rescale."""
+    for add in gm.graph.nodes:
+        if add.meta.get(HARD_SIGMOID_TAG) != "add" or _is_annotated(add) or not allowed(add):
+            continue
+        clamp = _sole_user(add, _CLAMP_ACTS)
+        scale = _sole_user(clamp, _MUL) if clamp is not None else None
+        if scale is None or scale.meta.get(HARD_SIGMOID_TAG) != "scale":
+            continue
+        x, offset = add.args
+        _annotate(add, {x: specs.activation, offset: specs.activation})
+        _annotate(clamp, output=specs.zero_to_six)
+        _annotate(scale, {clamp: SharedQuantizationSpec(clamp)}, specs.unit_interval)
 
 
 def _annotate_binary(

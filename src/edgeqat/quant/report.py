@@ -11,10 +11,14 @@ import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeqat.quant.errors import QuantizationError
 from edgeqat.quant.ort_session import cpu_session
 from edgeqat.quant.steps import QuantStep
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["FloatNode", "GraphReport", "assert_integer_kernels", "inspect_ort_graph"]
 
@@ -40,7 +44,7 @@ _NO_INTEGER_KERNEL = {
     "Elu": "ORT has no int8 Elu kernel",
     "Mish": "ORT has no int8 Mish kernel",
     "Softplus": "ORT has no int8 Softplus kernel",
-    "ReduceMean": "ORT has no int8 ReduceMean; only a mean over (H, W) of a 4-D tensor becomes QLinearGlobalAveragePool",
+    "ReduceMean": "ORT has no int8 ReduceMean; only a 4-D mean over (H, W) becomes QLinearGlobalAveragePool",
     "BatchNormalization": "BatchNormalization not folded: no convolution directly in front of it",
     "Sub": "ORT has no int8 Sub kernel",
     "Div": "ORT has no int8 Div kernel",
@@ -126,77 +130,85 @@ def assert_integer_kernels(report: GraphReport, what: str = "the INT8 model") ->
         )
 
 
-def _float_nodes(model: object) -> list[FloatNode]:
+def _float_nodes(model: onnx.ModelProto) -> list[FloatNode]:
     """Nodes whose data input and output are float, with a reason for each."""
-    graph = model.graph  # type: ignore[attr-defined]
-    dtypes = _infer_float_values(graph)
+    graph = model.graph
+    is_float = _infer_float_values(graph)
     producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list] = collections.defaultdict(list)
+    consumers: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
+    context = _Context(producers, consumers, {i.name for i in graph.input})
     initializers = {i.name for i in graph.initializer}
     result = []
     for node in graph.node:
         if node.op_type in _QDQ_OPS or node.op_type in INTEGER_OPS or node.op_type == "Constant":
             continue
         data_inputs = [i for i in node.input if i and i not in initializers]
-        if not any(dtypes.get(i) for i in data_inputs) or not any(dtypes.get(o) for o in node.output):
+        if not any(is_float.get(i) for i in data_inputs) or not any(is_float.get(o) for o in node.output):
             continue
-        result.append(FloatNode(node.name, node.op_type, _reason(node, producers, consumers, data_inputs)))
+        name = node.name or f"<unnamed, output {node.output[0]}>"
+        result.append(FloatNode(name, node.op_type, _reason(node, data_inputs, context)))
     return result
 
 
-def _infer_float_values(graph: object) -> dict[str, bool]:
+def _infer_float_values(graph: onnx.GraphProto) -> dict[str, bool]:
     """Value name -> True if it holds float data (propagated in topological order)."""
     from onnx import TensorProto
 
     floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
     is_float: dict[str, bool] = {}
-    for vi in graph.input:  # type: ignore[attr-defined]
+    for vi in graph.input:
         is_float[vi.name] = vi.type.tensor_type.elem_type in floats
-    for init in graph.initializer:  # type: ignore[attr-defined]
+    for init in graph.initializer:
         is_float[init.name] = init.data_type in floats
-    for node in graph.node:  # type: ignore[attr-defined]
+    for node in graph.node:
         if node.op_type in _INT_OUTPUT_OPS or node.op_type in _INT_SIDE_OPS:
             out = False
         elif node.op_type == "DequantizeLinear":
             out = True
         elif node.op_type == "Cast":
             out = next((a.i for a in node.attribute if a.name == "to"), 0) in floats
-        else:
-            out = any(is_float.get(i, False) for i in node.input[:1] if i) or (
-                not node.input and node.op_type != "Constant"
-            )
-            if node.op_type == "Constant":
-                out = any(a.t.data_type in floats for a in node.attribute if a.name == "value")
+        elif node.op_type == "Constant":
+            out = any(a.t.data_type in floats for a in node.attribute if a.name == "value")
+        else:  # elementwise and data movement: the dtype of the first input
+            out = bool(node.input) and is_float.get(node.input[0], False)
         for name in node.output:
             is_float[name] = out
     return is_float
 
 
-def _reason(node: object, producers: dict, consumers: dict, data_inputs: list[str]) -> str:
-    op = node.op_type  # type: ignore[attr-defined]
-    fed_by_dq = bool(data_inputs) and all(
-        producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in data_inputs
-    )
-    feeds_q = all(c.op_type == "QuantizeLinear" for o in node.output for c in consumers.get(o, [])) and any(  # type: ignore[attr-defined]
-        consumers.get(o) for o in node.output  # type: ignore[attr-defined]
-    )
+@dataclass(frozen=True)
+class _Context:
+    producers: dict[str, onnx.NodeProto]
+    consumers: dict[str, list[onnx.NodeProto]]
+    graph_inputs: set[str]
+
+
+def _reason(node: onnx.NodeProto, data_inputs: list[str], ctx: _Context) -> str:
+    op = node.op_type
     if op in _NO_INTEGER_KERNEL:
         return _NO_INTEGER_KERNEL[op]
+    if op in ("Conv", "FusedConv") and ctx.graph_inputs & set(data_inputs):
+        return (
+            "RGB stem conv kept float on purpose: ORT's FP32 stem kernel beats its u8s8 kernel for <= 4 input "
+            "channels; its output is quantized"
+        )
+    users = [c for o in node.output for c in ctx.consumers.get(o, [])]
+    feeds_q = bool(users) and all(c.op_type == "QuantizeLinear" for c in users)
     if op == "Clip":
         if not feeds_q:
             return "Clip not fused: not followed by a QuantizeLinear whose range it covers"
         return "Clip not fused: its range differs from the following QuantizeLinear's range"
-    if op in ("Relu",):
+    if op == "Relu":
         return "Relu not fused: not directly followed by a QuantizeLinear with zero point at the range minimum"
-    if not fed_by_dq:
-        float_src = [producers[i].op_type for i in data_inputs if i in producers and producers[i].op_type != "DequantizeLinear"]
-        return (
-            f"input not quantized: fed by float {sorted(set(float_src))}" if float_src
-            else "input not quantized: reads the float graph input or an unquantized value"
-        )
+    sources = [ctx.producers[i].op_type for i in data_inputs if i in ctx.producers]
+    float_sources = sorted({s for s in sources if s != "DequantizeLinear"})
+    if float_sources:
+        return f"input not quantized: fed by float {float_sources}"
+    if len(sources) < len(data_inputs):
+        return "input not quantized: reads the float graph input"
     if not feeds_q:
         return "output not quantized: not followed by QuantizeLinear (e.g. the model output or a float consumer)"
     return f"ORT has no int8 {op} kernel for this pattern; runs in float between DequantizeLinear and QuantizeLinear"

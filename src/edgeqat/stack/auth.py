@@ -92,18 +92,27 @@ def read_secret_file(path: Path) -> str | None:
         return None
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise StackError(f"{path} is readable by others (mode {mode:o}): `chmod 600 {path}`, or delete it to regenerate")
+        raise StackError(
+            f"{path} is readable by others (mode {mode:o}): `chmod 600 {path}`, or delete it to regenerate"
+        )
     value = path.read_text().strip()
     if not value:
         raise StackError(f"{path} is empty: delete it to have a new secret generated")
     return value
 
 
-def resolve_admin_password(secrets_dir: Path, env: Mapping[str, str] | None = None) -> AdminPassword:
+def resolve_admin_password(
+    secrets_dir: Path, env: Mapping[str, str] | None = None, *, existing_users: str | None = None
+) -> AdminPassword:
     """``$EDGEQAT_ADMIN_PASSWORD``, else the stored one, else a new one saved with mode 0600.
 
+    Args:
+        existing_users: where an admin user already exists (a running server, a user database);
+            then a new password would be useless, so none is generated.
+
     Raises:
-        StackError: the password from the environment is too short, or the stored file is unsafe.
+        StackError: the password from the environment is too short, the stored file is unsafe, or
+            no password is known for an existing admin.
     """
     env = os.environ if env is None else env
     if env.get(ADMIN_PASSWORD_ENV):
@@ -114,6 +123,12 @@ def resolve_admin_password(secrets_dir: Path, env: Mapping[str, str] | None = No
     stored = read_secret_file(path)
     if stored is not None:
         return AdminPassword(stored, str(path))
+    if existing_users:
+        raise StackError(
+            f"The MLflow admin user already exists ({existing_users}) but no password for it is known ({path} is "
+            f"missing): set {ADMIN_PASSWORD_ENV} to it, or `edgeqat stack down` and delete {existing_users} to "
+            f"start over (its users are lost)"
+        )
     value = secrets.token_urlsafe(18)  # 24 characters
     write_secret_file(path, value)
     return AdminPassword(value, str(path), generated=True)

@@ -47,7 +47,9 @@ class MlflowServerConfig:
         if self.workers < 1:
             raise StackError(f"MLflow workers={self.workers}: pass at least 1")
         if (self.artifacts_destination or "").startswith("s3://") and not self.s3_credentials:
-            raise StackError("S3 artifacts need S3 keys for the server: export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            raise StackError(
+                "S3 artifacts need S3 keys for the server: export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
 
     @property
     def url(self) -> str:

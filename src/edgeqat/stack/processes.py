@@ -7,6 +7,7 @@ so a pid the system reused for an unrelated program is recognised as stale and n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -17,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -109,6 +110,8 @@ class ProcessRecord:
     @classmethod
     def from_json(cls, text: str) -> ProcessRecord:
         data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}  # a newer edgeqat may add fields
         data["command"] = tuple(data.get("command", ()))
         return cls(**data)
 
@@ -138,10 +141,8 @@ def process_start_ticks(pid: int) -> int | None:
 
 def _reap(pid: int) -> None:
     """Collect ``pid`` if it is our child that exited, so it does not linger as a zombie."""
-    try:
+    with contextlib.suppress(ChildProcessError):  # not our child: init reaps it
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def pid_alive(pid: int, start_ticks: int | None = None) -> bool:
@@ -357,7 +358,3 @@ def child_env(base: Mapping[str, str] | None, overrides: Mapping[str, str | None
             env[key] = value
     return env
 
-
-def describe_command(command: Sequence[str]) -> str:
-    """A command line for messages (never built from an environment, so it holds no secrets)."""
-    return " ".join(command)

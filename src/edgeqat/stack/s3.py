@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 #: Documented keys of the embedded SeaweedFS when the environment sets none (local use only).
 LOCAL_ACCESS_KEY = "edgeqat-local"
-LOCAL_SECRET_KEY = "edgeqat-local-secret"  # noqa: S105 - a documented local-only default, not a secret
+LOCAL_SECRET_KEY = "edgeqat-local-secret"  # documented, local-only: not a secret
 ACCESS_KEY_ENV = "AWS_ACCESS_KEY_ID"
 SECRET_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
 ENDPOINT_ENVS = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
@@ -73,7 +73,8 @@ def credentials_from_env(
         return S3Credentials(access, secret, "environment")
     if access or secret:
         missing = SECRET_KEY_ENV if access else ACCESS_KEY_ENV
-        raise S3Error(f"{missing} is not set but {ACCESS_KEY_ENV if access else SECRET_KEY_ENV} is: export both, or neither")
+        present = ACCESS_KEY_ENV if access else SECRET_KEY_ENV
+        raise S3Error(f"{missing} is not set but {present} is: export both, or neither")
     if allow_local_defaults:
         return S3Credentials(LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, "local defaults")
     return None

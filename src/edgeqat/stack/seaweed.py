@@ -9,11 +9,12 @@ side by side, e.g. the tests next to a developer's stack) and switch off what we
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgeqat.stack.errors import BinaryNotFoundError, CredentialsError, StackError
@@ -24,6 +25,7 @@ from edgeqat.stack.processes import (
     child_env,
     free_ports,
     http_status,
+    port_is_free,
     start_server,
     stop_server,
 )
@@ -42,9 +44,25 @@ DEFAULT_BUCKETS: tuple[str, ...] = ("edgeqat-artifacts", "edgeqat-data")
 DEFAULT_S3_PORT = 8333
 
 
+GRPC_OFFSET = 10000  # SeaweedFS's convention; the mini's worker dials admin.port + 10000 whatever else we say
+_PICK_RANGE = (20000, 65535 - GRPC_OFFSET)
+
+
+def _pick_pair(host: str, taken: set[int]) -> int:
+    """A port ``p`` with ``p`` and ``p + GRPC_OFFSET`` both free and not in ``taken``."""
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randrange(*_PICK_RANGE)
+        if {port, port + GRPC_OFFSET} & taken:
+            continue
+        if port_is_free(host, port) and port_is_free(host, port + GRPC_OFFSET):
+            return port
+    raise StackError(f"Found no free pair of ports (p, p+{GRPC_OFFSET}) on {host} for SeaweedFS: free some ports")
+
+
 @dataclass(frozen=True)
 class SeaweedPorts:
-    """Every port ``weed mini`` listens on (HTTP and gRPC of each component)."""
+    """Every port ``weed mini`` listens on: HTTP and gRPC (HTTP + 10000) of each component."""
 
     s3: int
     s3_grpc: int
@@ -59,12 +77,16 @@ class SeaweedPorts:
 
     @classmethod
     def pick(cls, s3: int = 0, host: str = LOOPBACK) -> SeaweedPorts:
-        """``s3`` as given (0: a free one); every internal port free right now."""
-        names = [f.name for f in fields(cls)]
-        pool = [p for p in free_ports(len(names) + 1, host) if p != s3]  # distinct from a given s3
-        chosen = dict(zip(names, pool))
-        if s3:
-            chosen["s3"] = s3
+        """``s3`` as given (0: a free one); every other port free right now."""
+        taken: set[int] = {s3} if s3 else set()
+        chosen: dict[str, int] = {}
+        for name in ("s3", "master", "volume", "filer", "admin"):
+            http = s3 if name == "s3" and s3 else _pick_pair(host, taken)
+            grpc = http + GRPC_OFFSET
+            if grpc > 65535 or grpc in taken or not port_is_free(host, grpc):
+                grpc = next(p for p in free_ports(len(taken) + 1, host) if p not in taken)  # a given s3 port only
+            chosen[name], chosen[f"{name}_grpc"] = http, grpc
+            taken |= {http, grpc}
         return cls(**chosen)
 
     def as_dict(self) -> dict[str, int]:
@@ -209,6 +231,8 @@ def check_credentials(endpoint_url: str, credentials: S3Credentials) -> None:
                 f"{SECRET_KEY_ENV} it was started with, or `edgeqat stack down` and `up` again to use the new ones"
             ) from None
         raise explain_s3_error(e, endpoint_url=endpoint_url, bucket="-", action="list buckets") from None
+    finally:
+        client.close()  # an idle keep-alive connection would hold up SeaweedFS's graceful stop
 
 
 def ensure_buckets(
@@ -222,18 +246,22 @@ def ensure_buckets(
     """
     check_credentials(endpoint_url, credentials)
     client = make_s3_client(endpoint_url, credentials)
-    for bucket in buckets:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                client.create_bucket(Bucket=bucket)
-                break
-            except botocore_errors() as e:
-                if error_code(e) in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+    try:
+        for bucket in buckets:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    client.create_bucket(Bucket=bucket)
                     break
-                if time.monotonic() > deadline:
-                    raise explain_s3_error(e, endpoint_url=endpoint_url, bucket=bucket, action="create the bucket") from None
-                time.sleep(0.5)
+                except botocore_errors() as e:
+                    if error_code(e) in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                        break
+                    if time.monotonic() > deadline:
+                        raise explain_s3_error(e, endpoint_url=endpoint_url, bucket=bucket,
+                                               action="create the bucket") from None
+                    time.sleep(0.5)
+    finally:
+        client.close()
 
 
 def s3_healthy(endpoint_url: str) -> bool:

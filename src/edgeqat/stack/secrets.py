@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 MASK = "***"
 MIN_SECRET_VALUE_LENGTH = 6  # shorter env values ("1", "true") would mask innocent text
@@ -144,10 +144,10 @@ def scrub_secrets(
     """
     secret_values = secret_values_from_env(env) | {s for s in extra_secrets if s}
     safe = frozenset(safe_keys)
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra
-        DictConfig = ListConfig = ()  # type: ignore[assignment,misc]
-    if DictConfig and isinstance(config, (DictConfig, ListConfig)):
-        return OmegaConf.create(_scrub(_to_container(config), "", safe, secret_values))  # type: ignore[return-value]
-    return _scrub(config, "", safe, secret_values)  # type: ignore[no-any-return]
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(config, (DictConfig, ListConfig)):
+        scrubbed: Any = OmegaConf.create(_scrub(_to_container(config), "", safe, secret_values))
+    else:
+        scrubbed = _scrub(config, "", safe, secret_values)
+    return cast(T, scrubbed)

@@ -9,7 +9,8 @@ Layout of ``<home>`` (default ``./.edgeqat``)::
     mlflow/              mlflow.db (default backend store), basic_auth.ini/.db with --auth
     secrets/             mode 0700: admin_password, flask_secret_key (each 0600)
 
-``up`` is idempotent: healthy servers are left alone, missing ones started, stale pid files cleaned.
+``up`` is idempotent: healthy servers are left alone, missing ones started, stale pid files cleaned;
+a server restarted after a crash gets the port it had (from ``stack.env``) unless told otherwise.
 Everything is checked (ports, keys, binary, password) before anything starts, and what one ``up``
 started is stopped again if a later step fails, so a failed ``up`` leaves nothing behind.
 """
@@ -184,10 +185,11 @@ def _live_record(paths: StackPaths, service: str, echo: Echo) -> ProcessRecord |
     return record if state is PidState.RUNNING else None
 
 
-def _port_of(url: str) -> int:
-    port = urlparse(url).port
-    assert port is not None, url
-    return port
+def _port_of(url: str | None) -> int | None:
+    try:
+        return urlparse(url).port if url else None
+    except ValueError:  # a hand-edited stack.env
+        return None
 
 
 def render_stack_env(tracking_uri: str, s3_endpoint_url: str) -> str:
@@ -256,8 +258,14 @@ def _resolve_port(wanted: int | None, default: int) -> int:
     return wanted or free_port()
 
 
-def _auth_settings(config: StackConfig, paths: StackPaths, env: Mapping[str, str], echo: Echo) -> tuple[AuthSettings, AdminPassword]:
-    password = resolve_admin_password(paths.secrets_dir, env)
+def _auth_settings(
+    config: StackConfig, paths: StackPaths, env: Mapping[str, str], echo: Echo, *, running: ProcessRecord | None
+) -> tuple[AuthSettings, AdminPassword]:
+    users_db = paths.mlflow_dir / "basic_auth.db"
+    existing = f"the server at {running.urls['tracking']}" if running else None
+    if existing is None and users_db.exists():
+        existing = str(users_db)
+    password = resolve_admin_password(paths.secrets_dir, env, existing_users=existing)
     if password.generated:
         # Shown here, once, before anything can fail: the file keeps it; no log or env file does.
         echo(
@@ -266,7 +274,7 @@ def _auth_settings(config: StackConfig, paths: StackPaths, env: Mapping[str, str
         )
     settings = AuthSettings(
         config_path=paths.mlflow_dir / "basic_auth.ini",
-        database_uri=f"sqlite:///{paths.mlflow_dir / 'basic_auth.db'}",
+        database_uri=f"sqlite:///{users_db}",
         admin_password=password.value,
         flask_secret_key=load_flask_secret_key(paths.secrets_dir),
         admin_username=config.admin_username,
@@ -303,12 +311,21 @@ def stack_up(config: StackConfig, *, env: Mapping[str, str] | None = None, echo:
         _check_running_mlflow(mlflow, config, s3_endpoint)
 
     wants_auth = bool(mlflow.info.get("auth")) if mlflow else config.auth
-    auth, password = _auth_settings(config, paths, env, echo) if wants_auth else (None, None)
+    if mlflow is None and not wants_auth and (paths.mlflow_dir / "basic_auth.db").exists():
+        echo(f"Note: starting MLflow without --auth although {paths.mlflow_dir / 'basic_auth.db'} holds users: "
+             f"anyone on this machine can use it; `edgeqat stack down` and `up --auth` to require logins")
+    auth, password = _auth_settings(config, paths, env, echo, running=mlflow) if wants_auth else (None, None)
+
+    # After a crash, come back on the ports clients know (stack.env is removed only by `down`).
+    previous = read_stack_env(paths.home)
+    previous_s3 = _port_of(previous.get("MLFLOW_S3_ENDPOINT_URL"))
+    previous_mlflow = _port_of(previous.get("MLFLOW_TRACKING_URI"))
 
     # Every check before the first start, so a busy port or missing binary leaves nothing running.
     if seaweed is None:
         find_weed_binary(config.weed_binary)
-        default_s3 = _port_of(mlflow.info["s3_endpoint_url"]) if mlflow else DEFAULT_S3_PORT
+        running_s3 = _port_of(mlflow.info.get("s3_endpoint_url")) if mlflow else None
+        default_s3 = running_s3 or previous_s3 or DEFAULT_S3_PORT
         s3_port = _resolve_port(config.s3_port, default_s3)
         if mlflow and s3_port != default_s3:
             raise StackError(
@@ -318,7 +335,7 @@ def stack_up(config: StackConfig, *, env: Mapping[str, str] | None = None, echo:
         ensure_port_free(LOOPBACK, s3_port, service="SeaweedFS S3",
                          fix="stop that process, or pass --s3-port N (0 picks a free port)")
     if mlflow is None:
-        mlflow_port = _resolve_port(config.mlflow_port, DEFAULT_MLFLOW_PORT)
+        mlflow_port = _resolve_port(config.mlflow_port, previous_mlflow or DEFAULT_MLFLOW_PORT)
         ensure_port_free(LOOPBACK, mlflow_port, service="MLflow server",
                          fix="stop that process, or pass --mlflow-port N (0 picks a free port)")
         if seaweed is None and mlflow_port == s3_port:
@@ -328,15 +345,17 @@ def stack_up(config: StackConfig, *, env: Mapping[str, str] | None = None, echo:
     try:
         if seaweed is None:
             if creds.source == "local defaults":
-                echo("S3 keys: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are unset, so SeaweedFS uses the local defaults "
-                     "(edgeqat.stack.s3.LOCAL_ACCESS_KEY/LOCAL_SECRET_KEY); edgeqat's S3 clients use them for loopback endpoints")
+                echo("S3 keys: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are unset, so SeaweedFS uses the local "
+                     "defaults (edgeqat.stack.s3.LOCAL_ACCESS_KEY/LOCAL_SECRET_KEY); edgeqat's S3 clients use "
+                     "them for loopback endpoints")
             seaweed = start_seaweedfs(
                 SeaweedConfig(paths.seaweed_dir, SeaweedPorts.pick(s3_port), creds, binary=config.weed_binary),
                 pid_path=paths.pid("seaweedfs"), log_path=paths.log("seaweedfs"), buckets=config.buckets,
                 timeout_s=config.timeout_s, base_env=env,
             )
             started.append("seaweedfs")
-            echo(f"SeaweedFS started (pid {seaweed.pid}): S3 at {seaweed.urls['s3']}, buckets {', '.join(config.buckets)}")
+            echo(f"SeaweedFS started (pid {seaweed.pid}): S3 at {seaweed.urls['s3']}, "
+                 f"buckets {', '.join(config.buckets)}")
         else:
             ensure_buckets(seaweed.urls["s3"], creds, config.buckets, timeout_s=config.timeout_s)
             echo(f"SeaweedFS already running (pid {seaweed.pid}): S3 at {seaweed.urls['s3']}")

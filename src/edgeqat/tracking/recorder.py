@@ -48,7 +48,7 @@ class RunRecorder:
         max_backoff_s: longest pause between retries while the server is away.
     """
 
-    def __init__(self, client: Any, run_id: str, staging_dir: Path, spool_dir: Path,
+    def __init__(self, client: Any | None, run_id: str, staging_dir: Path, spool_dir: Path,
                  max_backoff_s: float = 5.0) -> None:
         self.client, self.run_id = client, run_id
         self.staging_dir, self.spool_dir = Path(staging_dir), Path(spool_dir)
@@ -61,10 +61,22 @@ class RunRecorder:
         self.rejected: list[tuple[dict[str, Any], str]] = []
         self.outage_started: float | None = None
         self._thread = threading.Thread(target=self._worker, name="edgeqat-recorder", daemon=True)
-        self._thread.start()
+        if client is not None:
+            self._thread.start()
+
+    @classmethod
+    def disabled(cls, run_id: str, staging_dir: Path) -> RunRecorder:
+        """A recorder that drops everything: for non-zero DDP ranks, which must not write to the run."""
+        return cls(None, run_id, staging_dir, staging_dir)
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None
 
     # -- enqueueing: cheap, never touches the network ------------------------------------------
     def _put(self, op: dict[str, Any]) -> None:
+        if self.client is None:
+            return
         with self._cond:
             if self._closed:
                 raise RuntimeError("RunRecorder is closed")
@@ -83,6 +95,8 @@ class RunRecorder:
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None, copy: bool = True) -> None:
         """Queue a file upload; ``copy=False`` only for files nobody rewrites before the upload."""
+        if self.client is None:
+            return
         src = Path(local_path)
         if copy:
             dst = self.staging_dir / uuid.uuid4().hex / src.name
@@ -101,6 +115,8 @@ class RunRecorder:
         self._put({"op": "table", "data": {k: list(v) for k, v in data.items()}, "artifact_file": artifact_file})
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
+        if self.client is None:
+            return
         path = self.staging_dir / uuid.uuid4().hex / Path(artifact_file).name
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=110, bbox_inches="tight")
@@ -189,6 +205,8 @@ class RunRecorder:
 
     def close(self, timeout_s: float = 60.0) -> Path | None:
         """Send what is queued (waiting up to ``timeout_s``); spool the rest and return its path."""
+        if self.client is None:
+            return None
         self.flush(timeout_s)
         with self._cond:
             self._closed = True

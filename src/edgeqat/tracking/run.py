@@ -27,6 +27,7 @@ from edgeqat.tracking.recorder import RunRecorder, configure_http_retries
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 FAILURE_TAG = "edgeqat.failure"
 STATUS_TAG = "edgeqat.status"
+RUN_ID_ENV = "EDGEQAT_RUN_ID"
 
 
 class TrackingError(EdgeqatError, RuntimeError):
@@ -115,14 +116,26 @@ def _raise_preempted(signum: int, frame: Any) -> None:
 @contextmanager
 def tracked_run(tracking_uri: str | None, experiment_name: str, output_dir: Path, run_name: str | None = None,
                 tags: Mapping[str, str] | None = None, close_timeout_s: float = 60.0) -> Iterator[RunContext]:
-    """Yield the run; end it FINISHED, FAILED (with ``edgeqat.failure`` + traceback) or KILLED."""
+    """Yield the run; end it FINISHED, FAILED (with ``edgeqat.failure`` + traceback) or KILLED.
+
+    Only global rank zero owns the run. Lightning's DDP launcher re-runs this job for the other
+    ranks; they get the same run id (from ``EDGEQAT_RUN_ID``, so checkpoint paths agree) and a
+    recorder that writes nothing: one job, one run, no point twice.
+    """
+    from lightning.pytorch.utilities import rank_zero_only
     from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(tracking_uri)
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        run_id = os.environ[RUN_ID_ENV]
+        run_dir = Path(output_dir) / run_id
+        yield RunContext(run_id, uri, RunRecorder.disabled(run_id, run_dir / "staged"), run_dir)
+        return
     _check_reachable(uri)
     configure_http_retries()
     client = MlflowClient(uri)
     run_id = _open_run(client, experiment_name, run_name, tags or {})
+    os.environ[RUN_ID_ENV] = run_id  # inherited by DDP worker processes
     run_dir = Path(output_dir) / run_id
     recorder = RunRecorder(client, run_id, staging_dir=run_dir / "staged", spool_dir=Path(output_dir) / "spool")
     ctx = RunContext(run_id, uri, recorder, run_dir)
@@ -160,6 +173,8 @@ def git_commit(path: Path | None = None) -> str | None:
 def log_run_config(ctx: RunContext, config: Mapping[str, Any], config_yaml: str, overrides: Sequence[str],
                    dataset: str) -> None:
     """Log the resolved config (YAML artifact + flat params), the overrides, the commit and the dataset."""
+    if not ctx.recorder.enabled:
+        return
     existing = ctx.recorder.client.get_run(ctx.run_id).data
     ctx.recorder.log_text(config_yaml, "config/config.yaml")
     params = flatten_config(config)

@@ -58,6 +58,7 @@ def test_artifacts_land_in_the_bucket_and_come_back_intact(client_env: str, s3_m
 def test_server_stopped_mid_run_comes_back_on_the_same_port_with_its_data(client_env: str,
                                                                           s3_mlflow: MlflowServer) -> None:
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(client_env)
     run_id = client.create_run(client.create_experiment("fixture-restart")).info.run_id
@@ -66,7 +67,7 @@ def test_server_stopped_mid_run_comes_back_on_the_same_port_with_its_data(client
     s3_mlflow.stop()
     assert not s3_mlflow.running
     assert http_status(f"{s3_mlflow.url}/health") is None
-    with pytest.raises(Exception):
+    with pytest.raises(MlflowException, match="failed with exception"):
         client.log_metric(run_id, "train/loss", 0.5, step=1)
 
     s3_mlflow.start()

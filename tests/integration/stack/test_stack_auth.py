@@ -172,3 +172,18 @@ def test_run_artifacts_are_objects_in_the_seaweedfs_bucket(stack: RunningStack, 
     digest = hashlib.sha256(payload.read_bytes()).hexdigest()
     assert hashlib.sha256(body).hexdigest() == digest
     assert hashlib.sha256(downloaded.read_bytes()).hexdigest() == digest
+
+
+def test_lost_password_file_is_not_silently_replaced(stack: RunningStack, capsys: pytest.CaptureFixture[str]) -> None:
+    secret_file = stack.home / "secrets" / "admin_password"
+    kept = secret_file.read_text()
+    secret_file.unlink()
+    try:
+        rc, out, err = _up(capsys, stack.home)
+        assert rc == 2
+        assert "no password for it is known" in err and "EDGEQAT_ADMIN_PASSWORD" in err
+        assert not secret_file.exists(), "a new password would not match the existing admin user"
+        assert "Generated" not in out
+    finally:
+        secret_file.write_text(kept)
+        secret_file.chmod(0o600)

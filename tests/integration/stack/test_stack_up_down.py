@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +70,23 @@ def test_up_status_down_round_trip(home: Path, capsys: pytest.CaptureFixture[str
     assert {n: s["state"] for n, s in services.items()} == {"seaweedfs": "running", "mlflow": "running"}
     assert services["mlflow"]["pid"] == records["mlflow"].pid
 
+    # MLflow dies behind our back: status reports it, the next up restarts only MLflow.
+    os.killpg(records["mlflow"].pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(records["mlflow"].pid, records["mlflow"].start_ticks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rc, out, err = _cli(capsys, "status", "--home", str(home))
+    assert rc == 1, "one server down: degraded"
+    assert "Removed stale pid file" in err and "mlflow     stopped" in out
+    rc, out, err = _cli(capsys, "up", "--home", str(home))
+    assert rc == 0, err
+    assert "SeaweedFS already running" in out and "MLflow started" in out
+    restarted = _records(home)
+    assert restarted["seaweedfs"].pid == records["seaweedfs"].pid
+    assert restarted["mlflow"].pid != records["mlflow"].pid
+    assert read_stack_env(home) == env, "same ports after the restart"
+    records = restarted
+
     rc, out, _ = _cli(capsys, "down", "--home", str(home))
     assert rc == 0
     assert "Stopped mlflow." in out and "Stopped seaweedfs." in out
@@ -125,3 +145,9 @@ def test_file_store_backend_is_refused(home: Path, capsys: pytest.CaptureFixture
     rc, _, err = _cli(capsys, "up", "--home", str(home), "--backend-store-uri", "./mlruns")
     assert rc == 2
     assert "sqlite:///" in err and "postgresql://" in err
+
+
+def test_backend_store_password_never_shows_in_errors(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _cli(capsys, "up", "--home", str(home), "--backend-store-uri", "mongodb://u:hunter2-pw@h/db")
+    assert rc == 2
+    assert "hunter2-pw" not in err and "mongodb://u:***@h/db" in err

@@ -25,7 +25,11 @@ def _targets(gm: torch.fx.GraphModule) -> list:
 def test_passes_are_exact_and_rewrite_the_ops() -> None:
     torch.manual_seed(0)
     for model, gone, new in (
-        (TinyMobile(), {aten.mean.dim, aten.silu.default}, {aten.adaptive_avg_pool2d.default, aten.sigmoid.default}),
+        (
+            TinyMobile(),
+            {aten.mean.dim, aten.silu.default, aten.hardswish.default, aten.hardsigmoid.default},
+            {aten.adaptive_avg_pool2d.default, aten.sigmoid.default, aten.hardtanh.default},
+        ),
         (TinyShuffle(), {aten.transpose.int}, {aten.index_select.default}),
     ):
         gm = _exported(model)

@@ -35,7 +35,7 @@ def test_weight_quantize_is_folded_to_int8_initializer() -> None:
         helper.make_node("DequantizeLinear", ["wq", "s", "zp"], ["wdq"], axis=0),
         helper.make_node("Conv", ["x", "wdq"], ["y"]),
     ]
-    nodes[0].metadata_props.add(key="pkg.torch.onnx.stack_trace", value="x" * 100)
+    nodes[2].metadata_props.add(key="pkg.torch.onnx.stack_trace", value="x" * 100)
     model = _model(nodes, inits, ["N", 4, 3, 3])
     x = rng.standard_normal((2, 2, 3, 3)).astype(np.float32)
     expected = _run(model, x)

@@ -156,3 +156,29 @@ def test_deepcopy_keeps_behaviour() -> None:
 def test_freeze_rejects_plain_modules() -> None:
     with pytest.raises(TypeError, match="prepare_qat"):
         freeze_observers(nn.Linear(2, 2))  # type: ignore[arg-type]
+
+
+def test_bn_eps_and_momentum_survive_prepare() -> None:
+    """torchao's QAT conv-BN rewrite hard-codes eps=1e-5/momentum=0.1; torchvision nets use 1e-3."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8, eps=1e-3, momentum=0.01), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8, eps=1e-3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(1e-4, 1e-2)  # small variances: eps decides the output
+    net.eval()
+    x = torch.randn(16, 3, 16, 16)
+    model = prepare_qat(net, x)
+    bn_args = [n.args[6:8] for n in model.graph_module.graph.nodes if n.target is torch.ops.aten.batch_norm.default]
+    assert bn_args == [(0.01, 1e-3), (0.1, 1e-3)]
+    freeze_bn_stats(model)
+    model.train()
+    model(x)  # calibrate observers only
+    model.eval()
+    with torch.no_grad():
+        reference = net(x)
+        assert (model(x) - reference).abs().max() < 0.05 * reference.abs().max()
