@@ -57,18 +57,24 @@ class OptimConfig:
 
 @dataclass
 class QuantConfig:
-    """Quantization recipe: FP32 only, QAT to INT8, or post-training quantization as a baseline."""
+    """Quantization recipe (``edgeqat.pipeline.list_recipes()``): FP32 only, QAT to INT8, or ORT PTQ.
+
+    The FP32 phase trains ``trainer.max_epochs`` epochs (the QAT warm-up) unless ``init_checkpoint``
+    gives trained FP32 weights; QAT then fine-tunes ``qat_epochs`` more at ``qat_lr``.
+    """
 
     mode: str = "fp32"  # fp32 | qat_int8 | ptq_int8
-    warmup_epochs: int = 0  # FP32 epochs before QAT (ignored when init_checkpoint is given)
-    qat_epochs: int = 0
+    qat_epochs: int = 2
     qat_lr: float = 1e-4
-    freeze_observer_epoch: Optional[int] = None  # QAT epoch (0-based) from which observers stop updating
-    freeze_bn_epoch: Optional[int] = None  # QAT epoch from which BN running statistics are frozen
-    init_checkpoint: Optional[str] = None  # local FP32 checkpoint to start from instead of warm-up
+    freeze_observer_epoch: Optional[int] = None  # QAT epoch (0-based) from which scales stay fixed
+    freeze_bn_epoch: Optional[int] = None  # QAT epoch from which BN running statistics stay fixed
+    init_checkpoint: Optional[str] = None  # FP32 weights to start from: a .ckpt path or a runs:/ URI
+    float_modules: list[str] = field(default_factory=list)  # submodules kept float (fallback for odd ops)
     ptq_baseline: bool = False  # also quantize the FP32 model with ORT static PTQ (test/acc_ptq)
     calibration_batches: int = 8
     benchmark_resolutions: list[int] = field(default_factory=lambda: [224])
+    latency_threads: int = 1
+    latency_iters: int = 50
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The task function: compose -> build -> fit -> test -> (quantize/export) -> return the metrics.
+"""The task function: build -> FP32 fit -> quantization recipe -> export -> verify -> metrics.
 
 Entry points: ``edgeqat train [OVERRIDES...]`` and ``mlflow run . -P overrides="..."``.
 """
@@ -11,18 +11,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from edgeqat.callbacks import CheckpointArtifacts, DatasetStats, PreemptionCheckpoint, TrainingStatus
-from edgeqat.callbacks.checkpoint_artifacts import config_digest
 from edgeqat.data import ClassificationDataModule
+from edgeqat.errors import EdgeqatError
 from edgeqat.lightning_modules import ClassifierModule
-from edgeqat.tracking import MlflowRunLogger, RunContext, lightning_handles_sigterm, log_run_config, tracked_run
+from edgeqat.pipeline import JobContext, fit_and_test, make_trainer, run_recipe
+from edgeqat.pipeline.verify import export_fp32, verify
+from edgeqat.tracking import log_run_config, tracked_run
 from edgeqat.tracking.system_metrics import system_metrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one job produced: its run, final metrics, and the spool if the server was away at the end."""
+
+    run_id: str
+    metrics: dict[str, float]
+    spool_path: Path | None = None
 
 
 def build(cfg: DictConfig) -> tuple[ClassificationDataModule, ClassifierModule]:
@@ -38,45 +48,26 @@ def build(cfg: DictConfig) -> tuple[ClassificationDataModule, ClassifierModule]:
         num_classes=datamodule.num_classes,
         class_names=datamodule.class_names,
     )
+    if cfg.quant.init_checkpoint:
+        load_fp32_weights(module, cfg.quant.init_checkpoint)
     return datamodule, module
 
 
-def make_trainer(cfg: DictConfig, run: RunContext, phase: str, max_epochs: int, epoch_offset: int = 0,
-                 total_epochs: int | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A Lightning trainer for one phase (fp32 / qat) writing into ``run``."""
-    tc = cfg.tracking
-    checkpoint = ModelCheckpoint(dirpath=run.output_dir / "checkpoints" / phase, monitor="val/acc", mode="max",
-                                 filename="best", save_last=True)
-    callbacks: list[L.Callback] = [
-        checkpoint,
-        PreemptionCheckpoint(run.recorder, run.output_dir / "checkpoints" / phase),
-        TrainingStatus(run.recorder, phase, epoch_offset, total_epochs, tc.status_interval_s),
-        LearningRateMonitor(logging_interval="epoch"),
-    ]
-    if phase == "fp32":
-        callbacks.append(DatasetStats(run.recorder, tc.max_imbalance))
-    if tc.log_checkpoints:
-        digest = config_digest(OmegaConf.to_yaml(cfg, resolve=True))
-        callbacks.append(CheckpointArtifacts(run.recorder, checkpoint, digest, phase))
-    trainer = instantiate(cfg.trainer, max_epochs=max_epochs, default_root_dir=str(run.output_dir),
-                          logger=MlflowRunLogger(run.recorder), callbacks=callbacks)
-    return trainer, checkpoint
+def load_fp32_weights(module: ClassifierModule, source: str) -> None:
+    """Trained FP32 weights from a Lightning checkpoint file or an MLflow ``runs:/``/``models:/`` URI."""
+    path = source
+    if source.startswith(("runs:/", "models:/")):
+        import mlflow
 
-
-def fit_and_test(trainer: L.Trainer, checkpoint: ModelCheckpoint, module: L.LightningModule,
-                 datamodule: L.LightningDataModule, ckpt_path: str | None = None) -> None:
-    with lightning_handles_sigterm():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        trainer.test(module, datamodule=datamodule, ckpt_path="best" if checkpoint.best_model_path else None)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What one job produced: its run, final metrics, and the spool if the server was away at the end."""
-
-    run_id: str
-    metrics: dict[str, float]
-    spool_path: Path | None = None
+        path = mlflow.artifacts.download_artifacts(source)
+    if not Path(path).is_file():
+        raise EdgeqatError(f"quant.init_checkpoint={source!r} is not a file: pass a .ckpt path or a runs:/ URI")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        module.load_state_dict(state.get("state_dict", state))
+    except RuntimeError as e:
+        raise EdgeqatError(f"quant.init_checkpoint={source!r} does not fit this model/dataset: "
+                           f"{str(e).splitlines()[0]}") from e
 
 
 def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
@@ -87,8 +78,14 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
                      tc.close_timeout_s) as run, system_metrics(run, enabled=tc.system_metrics):
         log_run_config(run, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_yaml(cfg, resolve=True),
                        overrides, dataset=datamodule.name)
-        trainer, checkpoint = make_trainer(cfg, run, "fp32", cfg.trainer.max_epochs)
-        fit_and_test(trainer, checkpoint, module, datamodule, cfg.ckpt_path)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    log.info("run %s finished: %s", run.run_id, {k: round(v, 4) for k, v in metrics.items() if "test/acc" in k})
-    return TrainResult(run.run_id, metrics, run.spool_path)
+        fp32_epochs = 0 if cfg.quant.init_checkpoint else cfg.trainer.max_epochs
+        total = fp32_epochs + (cfg.quant.qat_epochs if cfg.quant.mode == "qat_int8" else 0)
+        trainer, checkpoint = make_trainer(cfg, run, "fp32", fp32_epochs, total_epochs=total)
+        ctx = JobContext(cfg, run, datamodule, module)
+        ctx.metrics.update(fit_and_test(trainer, checkpoint, module, datamodule, cfg.ckpt_path))
+        run.recorder.set_tags({"edgeqat.phase": "export"})
+        fp32_onnx = export_fp32(ctx)
+        ctx.metrics.update(verify(ctx, fp32_onnx, run_recipe(ctx, fp32_onnx)))
+    summary = {k: round(v, 4) for k, v in ctx.metrics.items() if k.startswith(("test/acc", "int8/"))}
+    log.info("run %s: %s", run.run_id, summary)
+    return TrainResult(run.run_id, ctx.metrics, run.spool_path)

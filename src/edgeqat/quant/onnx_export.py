@@ -45,7 +45,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
     model.eval()
     try:
         program = torch.onnx.export(
-            model, (example_input,), dynamo=True, dynamic_shapes=({0: Dim("batch")},), verbose=False
+            model, (example_input,), dynamo=True, dynamic_shapes=({0: Dim("batch"), 2: Dim.AUTO, 3: Dim.AUTO},), verbose=False
         )
     except Exception as exc:
         raise QuantizationError(
