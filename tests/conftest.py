@@ -12,11 +12,12 @@ from edgeqat.config import compose_config
 
 pytest_plugins = ["tests.fixtures.servers"]
 
-# A seconds-long job: tiny digits images, one epoch, no progress bars.
+# A seconds-long job: tiny digits images, one epoch, FP32 only, no progress bars.
 TINY = [
     "data=digits",
     "data.image_size=16",
     "model=mobilenetv3_small_100",
+    "quant=fp32",
     "trainer.max_epochs=1",
     "trainer.enable_progress_bar=false",
 ]

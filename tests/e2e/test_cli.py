@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = "data=digits data.image_size=16 model=mobilenetv3_small_100 trainer.max_epochs=1 " \
+TINY = "data=digits data.image_size=16 model=mobilenetv3_small_100 quant=fp32 trainer.max_epochs=1 " \
        "trainer.enable_progress_bar=false trainer.limit_train_batches=4 trainer.log_every_n_steps=2"
 
 

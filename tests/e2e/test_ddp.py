@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 def test_ddp_two_processes_make_one_run_without_duplicates(tracking_uri: str, tmp_path: Path) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    args = ["data=digits", "data.image_size=16", "model=resnet18", "trainer.max_epochs=2",
+    args = ["data=digits", "data.image_size=16", "model=resnet18", "quant=fp32", "trainer.max_epochs=2",
             "trainer.strategy=ddp", "trainer.devices=2", "trainer.log_every_n_steps=1",
             "trainer.enable_progress_bar=false", "tracking.experiment_name=ddp", f"output_dir={tmp_path}/out"]
     proc = subprocess.run([sys.executable, "-m", "edgeqat", "train", *args], env=env, cwd=tmp_path,

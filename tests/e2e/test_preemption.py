@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.e2e
 
-JOB = ["data=digits", "data.image_size=16", "model=resnet18", "trainer.enable_progress_bar=false"]
+JOB = ["data=digits", "data.image_size=16", "model=resnet18", "quant=fp32", "trainer.enable_progress_bar=false"]
 
 
 def _train(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 EPOCHS = 8  # ~3 s each on 2 cores: the 12 s outage falls inside training
 STEPS_PER_EPOCH = math.ceil(int(1797 * 0.7) / 64)  # digits train split, batch 64
-JOB = ["data=digits", "data.image_size=16", "model=resnet18", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "tracking.status_interval_s=1",
+JOB = ["data=digits", "data.image_size=16", "model=resnet18", "quant=fp32", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "tracking.status_interval_s=1",
        "tracking.experiment_name=outage"]
 
 

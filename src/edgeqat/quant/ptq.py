@@ -54,7 +54,10 @@ def ptq_onnx(fp32_onnx: str | Path, calibration: Iterable[np.ndarray], out: str 
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         try:
-            quant_pre_process(str(fp32_onnx), str(pre))
+            try:
+                quant_pre_process(str(fp32_onnx), str(pre))
+            except Exception:  # symbolic inference gives up on some dynamic H/W graphs; ONNX's own suffices
+                quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
             quantize_static(
                 str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

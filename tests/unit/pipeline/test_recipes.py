@@ -1,0 +1,98 @@
+"""The quantization recipes end to end on a tiny job: what lands in the run is what ORT runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from edgeqat.pipeline import list_recipes
+from edgeqat.quant import evaluate_onnx
+from edgeqat.train import build, train
+
+# timm's tiny ResNet; zero_init_last off so QAT's simulated BN fold never divides by a zero gamma.
+TINY_QAT = ["model=resnet18", "model.name=test_resnet", "quant.qat_epochs=1", "quant.benchmark_resolutions=[32]",
+            "quant.latency_iters=5", "trainer.max_epochs=2"]
+
+
+def _run(tracking_uri: str, run_id: str):
+    return MlflowClient(tracking_uri).get_run(run_id)
+
+
+def _artifacts(tracking_uri: str, run_id: str, path: str) -> set[str]:
+    return {a.path for a in MlflowClient(tracking_uri).list_artifacts(run_id, path)}
+
+
+def test_recipes_registered() -> None:
+    assert {"fp32", "qat_int8", "ptq_int8"} <= set(list_recipes())
+
+
+@pytest.mark.slow
+def test_qat_int8_metrics_come_from_the_exported_file(compose, tracking_uri: str, tmp_path: Path) -> None:
+    cfg = compose(*TINY_QAT, "quant=qat_int8", "quant.ptq_baseline=true")
+    result = train(cfg)
+    run = _run(tracking_uri, result.run_id)
+    m = run.data.metrics
+    assert run.info.status == "FINISHED"
+    for key in ("test/acc_fp32", "test/acc_qat", "test/acc_int8", "test/acc_ptq", "int8/acc_drop", "int8/top1_agreement",
+                "fp32/latency_ms", "int8/latency_ms", "int8/speedup", "int8/latency_ms_32", "fp32/size_mb", "int8/size_mb"):
+        assert key in m, key
+    assert m["int8/acc_drop"] == pytest.approx(m["test/acc_fp32"] - m["test/acc_int8"])
+    assert m["int8/top1_agreement"] >= 0.97  # fake-quant torch vs ORT INT8 on the test split
+    assert m["int8/qlinearconv"] > 0 and m["int8/size_ratio"] < 0.4
+    assert {"int8/model.onnx", "int8/report.json", "int8/verification.json", "int8/per_class_damage.json",
+            "int8/per_class_damage.png", "int8/confusion.png"} <= _artifacts(tracking_uri, result.run_id, "int8")
+    assert "fp32/model.onnx" in _artifacts(tracking_uri, result.run_id, "fp32")
+    assert "ptq/model.onnx" in _artifacts(tracking_uri, result.run_id, "ptq")
+
+    # Re-run the logged INT8 file ourselves: test/acc_int8 is its ORT accuracy, not the torch model's.
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/int8/model.onnx", dst_path=str(tmp_path)))
+    ops = {n.op_type for n in onnx.load(str(local)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8_weights = [i for i in onnx.load(str(local)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert int8_weights
+    datamodule, _ = build(cfg)
+    images, labels = datamodule.split_arrays("test")
+    assert evaluate_onnx(local, images, labels).accuracy == pytest.approx(m["test/acc_int8"])
+    table = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/per_class_damage.json")
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    assert sum(r["n"] for r in rows) == len(labels)
+    assert np.average([r["acc_int8"] for r in rows], weights=[r["n"] for r in rows]) == pytest.approx(
+        m["test/acc_int8"], abs=1e-3)
+    tags = run.data.tags
+    assert tags["edgeqat.phase"] == "verify" and tags["edgeqat.progress"] == "100"
+
+
+def test_ptq_int8_recipe(compose, tracking_uri: str) -> None:
+    result = train(compose(*TINY_QAT, "quant=ptq_int8"))
+    m = _run(tracking_uri, result.run_id).data.metrics
+    assert "test/acc_qat" not in m and "test/acc_int8" in m and m["int8/qlinearconv"] > 0
+    assert "int8/top1_agreement" not in m  # no torch fake-quant model to agree with
+
+
+def test_fp32_recipe_exports_only_fp32(compose, tracking_uri: str) -> None:
+    result = train(compose("quant=fp32"))
+    m = _run(tracking_uri, result.run_id).data.metrics
+    assert "fp32/latency_ms" in m and "test/acc_fp32_onnx" in m and not any(k.startswith("int8/") for k in m)
+    assert _artifacts(tracking_uri, result.run_id, "int8") == set()
+
+
+def test_init_checkpoint_skips_fp32_training(compose, tracking_uri: str) -> None:
+    first = train(compose("quant=fp32", "model=resnet18", "model.name=test_resnet"))
+    uri = f"runs:/{first.run_id}/checkpoints/fp32/best.ckpt"
+    second = train(compose("quant=ptq_int8", "model=resnet18", "model.name=test_resnet", f"quant.init_checkpoint={uri}"))
+    client = MlflowClient(tracking_uri)
+    assert client.get_metric_history(second.run_id, "train/loss") == []  # no FP32 epoch was run
+    m = client.get_run(second.run_id).data.metrics
+    assert m["test/acc_fp32"] == pytest.approx(client.get_run(first.run_id).data.metrics["test/acc_fp32"])
+
+
+def test_init_checkpoint_that_is_not_a_file_is_a_clear_error(compose) -> None:
+    from edgeqat.errors import EdgeqatError
+
+    with pytest.raises(EdgeqatError, match="quant.init_checkpoint='/nope.ckpt' is not a file"):
+        build(compose("quant.init_checkpoint=/nope.ckpt"))
