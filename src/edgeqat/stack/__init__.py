@@ -16,7 +16,7 @@ from edgeqat.stack.errors import (
 from edgeqat.stack.mlflow_server import MlflowServerConfig, start_mlflow_server
 from edgeqat.stack.s3 import S3Credentials, S3Error
 from edgeqat.stack.seaweed import SeaweedConfig, SeaweedPorts, start_seaweedfs
-from edgeqat.stack.secrets import scrub_secrets
+from edgeqat.tracking.secrets import scrub_secrets
 from edgeqat.stack.stack import (
     StackConfig,
     StackInfo,

@@ -19,7 +19,7 @@ from edgeqat.stack.auth import AuthSettings, write_auth_config
 from edgeqat.stack.errors import BinaryNotFoundError, StackError
 from edgeqat.stack.processes import LOOPBACK, ProcessRecord, ServerSpec, child_env, start_server
 from edgeqat.stack.s3 import ACCESS_KEY_ENV, SECRET_KEY_ENV, S3Credentials
-from edgeqat.stack.secrets import mask_url
+from edgeqat.tracking.secrets import mask_url
 
 DEFAULT_MLFLOW_PORT = 5000
 _SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")

@@ -23,6 +23,7 @@ from typing import Any
 from edgeqat.errors import EdgeqatError
 from edgeqat.tracking.params import flatten_config
 from edgeqat.tracking.recorder import RunRecorder, configure_http_retries
+from edgeqat.tracking.secrets import scrub_secrets
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 FAILURE_TAG = "edgeqat.failure"
@@ -175,13 +176,16 @@ def log_run_config(ctx: RunContext, config: Mapping[str, Any], config_yaml: str,
     """Log the resolved config (YAML artifact + flat params), the overrides, the commit and the dataset."""
     if not ctx.recorder.enabled:
         return
+    # Secrets (keys, passwords, signed URLs, values of secret env vars) never reach the run.
+    config, config_yaml = scrub_secrets(dict(config)), scrub_secrets(config_yaml)
+    overrides_text = scrub_secrets(" ".join(overrides))
     existing = ctx.recorder.client.get_run(ctx.run_id).data
     ctx.recorder.log_text(config_yaml, "config/config.yaml")
     params = flatten_config(config)
     if "overrides" not in existing.params:  # `mlflow run` already logged its entry-point parameter
-        params["overrides"] = " ".join(overrides)
+        params["overrides"] = overrides_text
     ctx.recorder.log_params(params)
-    tags = {"edgeqat.dataset": dataset, "edgeqat.overrides": " ".join(overrides)[:5000]}
+    tags = {"edgeqat.dataset": dataset, "edgeqat.overrides": overrides_text[:5000]}
     commit = git_commit()
     if commit and "mlflow.source.git.commit" not in existing.tags:
         tags["mlflow.source.git.commit"] = commit

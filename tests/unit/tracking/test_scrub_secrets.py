@@ -1,11 +1,11 @@
-"""``scrub_secrets``: pure functions, no server (fast; they belong in tests/unit/stack/ once that exists)."""
+"""``scrub_secrets``: pure functions, no server."""
 
 from __future__ import annotations
 
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from edgeqat.stack.secrets import MASK, looks_secret, mask_url, scrub_secrets
+from edgeqat.tracking.secrets import MASK, looks_secret, mask_url, scrub_secrets
 
 
 @pytest.mark.parametrize("key", [
