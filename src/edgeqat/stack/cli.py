@@ -1,8 +1,7 @@
 """``edgeqat stack up | down | status``: the argparse face of :mod:`edgeqat.stack.stack`.
 
 Handlers return the exit code and let :class:`~edgeqat.errors.EdgeqatError` propagate, so the
-``edgeqat`` command prints it as one line (exit 2) like every other verb; :func:`main` does the
-same when this module runs alone (``python -m edgeqat.stack.cli``).
+``edgeqat`` command prints it as one line (exit 2) like every other verb.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -85,19 +83,3 @@ def add_stack_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     status.add_argument("--home", type=Path, default=Path(".edgeqat"), help=_HOME_HELP)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``stack ...`` alone, with the ``edgeqat`` command's error convention (one line, exit 2)."""
-    parser = argparse.ArgumentParser(prog="edgeqat")
-    add_stack_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except EdgeqatError as e:
-        print(f"edgeqat: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeqat.stack.cli import main
+from edgeqat.cli import main
 from edgeqat.stack.processes import ProcessRecord, http_status
 from edgeqat.stack.s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, S3Credentials, make_s3_client
 from edgeqat.stack.stack import StackConfig, StackInfo, read_stack_env, stack_down, stack_up

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeqat.stack.cli import main
+from edgeqat.cli import main
 from edgeqat.stack.processes import LOOPBACK, ProcessRecord, http_status, pid_alive, port_is_free
 from edgeqat.stack.stack import read_stack_env, stack_down
 
@@ -62,7 +62,7 @@ def test_up_status_down_round_trip(home: Path, capsys: pytest.CaptureFixture[str
 
     # status, in a separate process as a user would run it
     status = subprocess.run(
-        [sys.executable, "-m", "edgeqat.stack.cli", "stack", "status", "--home", str(home), "--json"],
+        [sys.executable, "-m", "edgeqat", "stack", "status", "--home", str(home), "--json"],
         capture_output=True, text=True, timeout=60,
     )
     assert status.returncode == 0, status.stderr
