@@ -1,4 +1,4 @@
-"""The ``edgeqat`` command: ``train``, ``models list`` (and the stack/deploy verbs as they land)."""
+"""The ``edgeqat`` command: train, models, stack, data, demo, sync."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgeqat", description=__doc__)
+    parser = argparse.ArgumentParser(prog="edgeqat", description="Any CNN backbone to a verified INT8 edge model, "
+                                     "every step tracked in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train, quantize and export one model (one MLflow run)")
@@ -64,9 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'mobilenet*'")
     ls.set_defaults(func=_models_list)
 
+    from edgeqat.data.cli import add_data_parser
+    from edgeqat.demo import add_demo_parser
     from edgeqat.stack.cli import add_stack_parser
 
     add_stack_parser(sub)
+    add_data_parser(sub)
+    add_demo_parser(sub)
 
     sync = sub.add_parser("sync", help="upload a run spooled while the tracking server was unreachable")
     sync.add_argument("spool", help="the spool directory the job printed (outputs/spool/<run_id>)")
