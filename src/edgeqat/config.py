@@ -110,6 +110,7 @@ class TrackingConfig:
     run_name: Optional[str] = None
     log_checkpoints: bool = True
     system_metrics: bool = False  # MLflow system metrics (CPU, memory) sampled during the run
+    system_metrics_interval_s: float = 10.0
     status_interval_s: float = 5.0  # edgeqat.progress / eta_s tags at most this often
     max_imbalance: float = 3.0  # largest/smallest class ratio above which the run gets a data warning
     close_timeout_s: float = 60.0  # wait this long for an unreachable server at the end, then spool

@@ -73,3 +73,10 @@ def test_injected_failure_ends_failed_with_reason_and_traceback(compose, trackin
     assert run.data.tags["edgeqat.failure"].startswith("ValueError: Invalid learning rate")
     text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/failure/traceback.txt")
     assert "Traceback (most recent call last)" in text and "Invalid learning rate" in text
+
+
+def test_system_metrics_switched_on_by_config(compose, tracking_uri: str) -> None:
+    train(compose("tracking.experiment_name=sys", "tracking.system_metrics=true",
+                  "tracking.system_metrics_interval_s=0.5", "trainer.max_epochs=2"))
+    _, run = _run(tracking_uri, "sys")
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
