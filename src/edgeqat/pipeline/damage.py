@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeqat.quant import VerifyResult
 from edgeqat.tracking import RunRecorder
+
+if TYPE_CHECKING:  # importing edgeqat.quant loads torchao: keep it off the start-up path
+    from edgeqat.quant import VerifyResult
 
 
 def damage_table(class_names: Sequence[str], fp32: VerifyResult, int8: VerifyResult) -> dict[str, list]:

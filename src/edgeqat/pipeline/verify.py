@@ -7,17 +7,11 @@ from pathlib import Path
 
 from edgeqat.pipeline.damage import log_damage
 from edgeqat.pipeline.recipes import Int8Model, JobContext, post_training_quantize
-from edgeqat.quant import (
-    assert_integer_kernels,
-    evaluate_onnx,
-    export_onnx,
-    file_size_mb,
-    inspect_ort_graph,
-    measure_latency_ms,
-)
 
 
 def export_fp32(ctx: JobContext) -> Path:
+    from edgeqat.quant import export_onnx
+
     path = export_onnx(ctx.module.backbone.eval(), ctx.example_input(), ctx.models_dir / "fp32" / "model.onnx")
     ctx.run.recorder.log_artifact(path, "fp32", copy=False)
     return path
@@ -25,6 +19,8 @@ def export_fp32(ctx: JobContext) -> Path:
 
 def _latency(ctx: JobContext, path: Path, prefix: str) -> dict[str, float]:
     """Batch 1, ``quant.latency_threads`` threads, at the trained resolution and each benchmark one."""
+    from edgeqat.quant import measure_latency_ms
+
     q, dm = ctx.cfg.quant, ctx.datamodule
     out = {f"{prefix}/latency_ms": measure_latency_ms(path, (1, dm.in_chans, dm.image_size, dm.image_size),
                                                       threads=q.latency_threads, iters=q.latency_iters)}
@@ -46,6 +42,8 @@ def _speedups(metrics: dict[str, float], prefix: str) -> dict[str, float]:
 
 def verify(ctx: JobContext, fp32_onnx: Path, int8: Int8Model | None) -> dict[str, float]:
     """Accuracy, agreement, kernels, latency and size of the exported files; logs metrics and artifacts."""
+    from edgeqat.quant import assert_integer_kernels, evaluate_onnx, file_size_mb, inspect_ort_graph
+
     rec, q = ctx.run.recorder, ctx.cfg.quant
     rec.set_tags({"edgeqat.phase": "verify"})
     images, labels = ctx.datamodule.split_arrays("test")
