@@ -24,7 +24,8 @@ def _train(args: argparse.Namespace) -> int:
 
     result = train(cfg, overrides)
     if result.spool_path:
-        print(f"edgeqat: warning: the tracking server was unreachable at the end; run {result.run_id} is "
+        print(f"edgeqat: warning: the tracking server (or its artifact store) was unreachable at the end; "
+              f"run {result.run_id} is "
               f"spooled at {result.spool_path}: upload it with `edgeqat sync {result.spool_path}`", file=sys.stderr)
         return 3
     return 0

@@ -217,8 +217,8 @@ class RunRecorder:
         ops = list(self._queue)
         self._queue.clear()
         path = write_spool(self.spool_dir / self.run_id, self.client.tracking_uri, self.run_id, ops)
-        log.warning("tracking server still unreachable: %d operations spooled to %s; upload them later "
-                    "with: edgeqat sync %s", len(ops), path, path)
+        log.warning("tracking server or its artifact store still unreachable: %d operations spooled to %s; "
+                    "upload them later with: edgeqat sync %s", len(ops), path, path)
         return path
 
 

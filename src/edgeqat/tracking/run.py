@@ -135,7 +135,8 @@ def tracked_run(tracking_uri: str | None, experiment_name: str, output_dir: Path
     _check_reachable(uri)
     configure_http_retries()
     client = MlflowClient(uri)
-    run_id = _open_run(client, experiment_name, run_name, tags or {})
+    run_name = scrub_secrets(run_name) if run_name else run_name
+    run_id = _open_run(client, experiment_name, run_name, scrub_secrets(dict(tags or {})))
     os.environ[RUN_ID_ENV] = run_id  # inherited by DDP worker processes
     run_dir = Path(output_dir) / run_id
     recorder = RunRecorder(client, run_id, staging_dir=run_dir / "staged", spool_dir=Path(output_dir) / "spool")
@@ -153,8 +154,8 @@ def tracked_run(tracking_uri: str | None, experiment_name: str, output_dir: Path
         status = final_status(error)
         closing = {STATUS_TAG: status}
         if error is not None:
-            closing[FAILURE_TAG] = failure_line(error)
-            recorder.log_text("".join(traceback.format_exception(error)), "failure/traceback.txt")
+            closing[FAILURE_TAG] = scrub_secrets(failure_line(error))
+            recorder.log_text(scrub_secrets("".join(traceback.format_exception(error))), "failure/traceback.txt")
         recorder.set_tags(closing)
         recorder.terminate(status)
         ctx.spool_path = recorder.close(close_timeout_s)
@@ -201,7 +202,7 @@ def fail_attached_run(exc: BaseException) -> None:
 
     try:
         client = MlflowClient(resolve_tracking_uri())
-        client.set_tag(run_id, FAILURE_TAG, failure_line(exc))
+        client.set_tag(run_id, FAILURE_TAG, scrub_secrets(failure_line(exc)))
         client.set_tag(run_id, STATUS_TAG, "FAILED")
         client.set_terminated(run_id, "FAILED")
     except Exception:  # the tracking server may be the very thing that failed; the exit code still tells
