@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,7 +37,9 @@ class ClassifierModule(L.LightningModule):
         self.backbone = backbone
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
+        # Class names become metric keys: MLflow allows only [A-Za-z0-9_\-. /].
+        self.class_names = [re.sub(r"[^A-Za-z0-9_\-. ]", "_", str(c)) for c in
+                            (class_names or [str(i) for i in range(num_classes)])]
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class names for num_classes={num_classes}")
         self.test_tag = test_tag
