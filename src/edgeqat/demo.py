@@ -293,19 +293,3 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     demo.add_argument("--project-dir", type=Path, metavar="DIR",
                       help="the edgeqat checkout to run (default: beside the package, else the current directory)")
     demo.set_defaults(func=_demo)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``demo`` alone, with the ``edgeqat`` command's error convention (one line, exit 2)."""
-    parser = argparse.ArgumentParser(prog="edgeqat")
-    add_demo_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except EdgeqatError as e:
-        print(f"edgeqat: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,17 +1,13 @@
 """``edgeqat data publish SOURCE DEST``: the argparse face of :mod:`edgeqat.data.publish`.
 
 Handlers return the exit code and let :class:`~edgeqat.errors.EdgeqatError` propagate, so the
-``edgeqat`` command prints it as one line (exit 2); :func:`main` does the same when this module
-runs alone (``python -m edgeqat.data.cli data publish ...``).
+``edgeqat`` command prints it as one line (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 
-from edgeqat.errors import EdgeqatError
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -40,19 +36,3 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     publish.add_argument("--endpoint-url", metavar="URL",
                          help="S3 endpoint (default: $MLFLOW_S3_ENDPOINT_URL, else $AWS_ENDPOINT_URL, else AWS)")
     publish.set_defaults(func=_publish)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``data ...`` alone, with the ``edgeqat`` command's error convention (one line, exit 2)."""
-    parser = argparse.ArgumentParser(prog="edgeqat")
-    add_data_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except EdgeqatError as e:
-        print(f"edgeqat: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from edgeqat.data import load_source
-from edgeqat.data.cli import main
+from edgeqat.cli import main
 from edgeqat.data.publish import PublishError, publish_imagefolder
 
 
