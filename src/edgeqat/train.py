@@ -78,10 +78,8 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
                      tc.close_timeout_s) as run, system_metrics(run, tc.system_metrics, tc.system_metrics_interval_s):
         log_run_config(run, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_yaml(cfg, resolve=True),
                        overrides, dataset=datamodule.name)
-        fp32_epochs = 0 if cfg.quant.init_checkpoint else cfg.trainer.max_epochs
-        total = fp32_epochs + (cfg.quant.qat_epochs if cfg.quant.mode == "qat_int8" else 0)
-        trainer, checkpoint = make_trainer(cfg, run, "fp32", fp32_epochs, total_epochs=total)
         ctx = JobContext(cfg, run, datamodule, module)
+        trainer, checkpoint = make_trainer(cfg, run, "fp32", ctx.fp32_epochs, total_epochs=ctx.total_epochs)
         ctx.metrics.update(fit_and_test(trainer, checkpoint, module, datamodule, cfg.ckpt_path))
         run.recorder.set_tags({"edgeqat.phase": "export"})
         fp32_onnx = export_fp32(ctx)

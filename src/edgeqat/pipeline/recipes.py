@@ -36,6 +36,16 @@ class JobContext:
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
+    def fp32_epochs(self) -> int:
+        """FP32 epochs this job trains: none when it starts from trained weights."""
+        return 0 if self.cfg.quant.init_checkpoint else self.cfg.trainer.max_epochs
+
+    @property
+    def total_epochs(self) -> int:
+        qat = self.cfg.quant.qat_epochs if self.cfg.quant.mode == "qat_int8" else 0
+        return self.fp32_epochs + qat
+
+    @property
     def models_dir(self) -> Path:
         return self.run.output_dir / "models"
 
@@ -88,7 +98,7 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
     """Fake-quant fine-tuning of the FP32 weights, then convert and export the INT8 graph."""
     from edgeqat.quant import QATSchedule, convert, export_onnx, prepare_qat
 
-    q, fp32_epochs = ctx.cfg.quant, ctx.cfg.trainer.max_epochs
+    q = ctx.cfg.quant
     prepared = prepare_qat(ctx.module.backbone.eval(), ctx.example_input(), float_modules=list(q.float_modules))
     qat_module = ClassifierModule(
         backbone=prepared,
@@ -98,7 +108,7 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
         test_tag="qat",
     )
     trainer, checkpoint = make_trainer(
-        ctx.cfg, ctx.run, "qat", q.qat_epochs, epoch_offset=fp32_epochs, total_epochs=fp32_epochs + q.qat_epochs,
+        ctx.cfg, ctx.run, "qat", q.qat_epochs, epoch_offset=ctx.fp32_epochs, total_epochs=ctx.total_epochs,
         extra_callbacks=[QATSchedule(q.freeze_observer_epoch, q.freeze_bn_epoch)],
     )
     ctx.metrics.update(fit_and_test(trainer, checkpoint, qat_module, ctx.datamodule))
