@@ -8,10 +8,11 @@ configures it; ``test`` loads the best checkpoint) is on in both, so what differ
 tracking only:
 
 - ``off``: ``logger=False`` and no other callback.
-- ``on``: the product path of ``edgeqat.train.train``: ``tracked_run`` against a real ``mlflow
-  server`` on 127.0.0.1 (SQLite, local artifacts; started once, outside the timings),
-  ``log_run_config``, ``make_trainer`` (MlflowRunLogger + RunRecorder, DatasetStats,
-  TrainingStatus, CheckpointArtifacts, PreemptionCheckpoint, LearningRateMonitor).
+- ``on``: the training part of ``edgeqat.train.train`` (its ONNX export/verify come after and are
+  not training): ``tracked_run`` against a real ``mlflow server`` on 127.0.0.1 (SQLite, local
+  artifacts; started once, outside the timings), ``log_run_config``, ``make_trainer``
+  (MlflowRunLogger + RunRecorder, DatasetStats, TrainingStatus, CheckpointArtifacts,
+  PreemptionCheckpoint, LearningRateMonitor).
 
 The clock covers the whole job, build to the end of ``tracked_run`` (the recorder drained and the
 run closed). Per ``trainer.log_every_n_steps`` value (the default 10, and 1 as the worst case) the
@@ -19,8 +20,9 @@ variants run in adjacent pairs whose order alternates (off/on, on/off, ...) so t
 load cancels; overhead = (on - off) / off per pair, median over pairs. On a shared machine each pair
 first waits (bounded) for the CPU to go idle, and each run records the CPU that other processes took
 meanwhile; a pair they disturbed is re-run (``--retries``, the discarded ones are kept in the JSON)
-and the summary gives all pairs and the quiet ones apart. One untimed warm-up pair
-first pays the process's one-time costs (imports, first allocations); ``import mlflow`` alone,
+and the summary gives all pairs and the quiet ones apart. Per "on" run the JSON also holds the
+server's and the recorder thread's CPU seconds and the operations sent, which explain the overhead.
+One untimed warm-up pair first pays the process's one-time costs (imports); ``import mlflow``,
 which only the tracked job needs, is measured in a fresh interpreter and reported apart. The
 server shares the CPU with training here; a remote server would cost the job less. Writes
 ``benchmarks/results/logging_overhead.json``.
@@ -40,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +52,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from edgeqat.config import compose_config
+from edgeqat.pipeline import fit_and_test, make_trainer
 from edgeqat.stack.mlflow_server import MlflowServerConfig, start_mlflow_server
 from edgeqat.stack.processes import free_port, read_pid_file, stop_server
 from edgeqat.tracking import RunContext, RunRecorder, log_run_config, tracked_run
 from edgeqat.tracking.system_metrics import system_metrics
-from edgeqat.pipeline import fit_and_test, make_trainer
 from edgeqat.train import build
 
 TARGET_PCT = 3.0  # issue: all callbacks + server logging cost at most 3 % of the job's wall time
@@ -138,7 +141,7 @@ def run_off(cfg: DictConfig) -> dict[str, Any]:
     trainer = instantiate(cfg.trainer, max_epochs=cfg.trainer.max_epochs, default_root_dir=str(out),
                           logger=False, callbacks=[checkpoint])
     t_fit = time.perf_counter()
-    fit_and_test(trainer, checkpoint, module, datamodule)
+    fit_and_test(trainer, checkpoint, module, datamodule, cfg.ckpt_path)
     t_end = time.perf_counter()
     return {"seconds": t_end - t0, "fit_test_s": t_end - t_fit, "close_s": 0.0,
             "client_cpu_s": time.process_time() - cpu0, "test_acc": _test_acc(trainer)}
@@ -210,8 +213,8 @@ def check_run(tracking_uri: str, run_id: str) -> dict[str, Any]:
             "train_loss_points": steps, "artifacts": sorted(artifacts)}
 
 
-def timed_pair(i: int, n: int, attempt: int, config: Any, server_pid: int, args: argparse.Namespace
-               ) -> dict[str, Any]:
+def timed_pair(i: int, n: int, attempt: int, config: Callable[[int, str], DictConfig], server_pid: int,
+               args: argparse.Namespace) -> dict[str, Any]:
     """Off and on back to back, off first in even pairs; overhead = (on - off) / off."""
     order = ("off", "on") if i % 2 == 0 else ("on", "off")
     pair: dict[str, Any] = {"order": "/".join(order), "attempt": attempt,
@@ -330,10 +333,12 @@ def main() -> None:
     for n, s in summary.items():
         q = s["quiet"] if s["quiet"]["pairs"] else s["all"]
         parts.append(f"log_every_n_steps={n}: {q['overhead_pct_median']:+.2f} % [{q['overhead_pct_min']:+.2f}, "
-                     f"{q['overhead_pct_max']:+.2f}] over {q['pairs']} {'quiet' if s['quiet']['pairs'] else 'CONTENDED'}"
-                     f" pairs (off {q['off_seconds_median']:.1f} s, on {q['on_seconds_median']:.1f} s)")
+                     f"{q['overhead_pct_max']:+.2f}] over {q['pairs']} "
+                     f"{'quiet' if s['quiet']['pairs'] else 'CONTENDED'} pairs "
+                     f"(off {q['off_seconds_median']:.1f} s, on {q['on_seconds_median']:.1f} s)")
     print(f"logging overhead ({args.model}, {args.epochs} ep, {torch.get_num_threads()} threads, "
           f"target <= {TARGET_PCT} %): " + "; ".join(parts))
+
 
 if __name__ == "__main__":
     main()
