@@ -52,10 +52,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from edgeqat.config import compose_config
-from edgeqat.pipeline import fit_and_test, make_trainer
+from edgeqat.pipeline import fit_and_test, make_checkpoints, make_trainer
 from edgeqat.stack.mlflow_server import MlflowServerConfig, start_mlflow_server
 from edgeqat.stack.processes import free_port, read_pid_file, stop_server
-from edgeqat.tracking import RunContext, RunRecorder, log_run_config, tracked_run
+from edgeqat.tracking import log_run_config, tracked_run
 from edgeqat.tracking.system_metrics import system_metrics
 from edgeqat.train import build
 
@@ -133,15 +133,13 @@ def job_config(args: argparse.Namespace, log_every: int, output_dir: Path, track
 def run_off(cfg: DictConfig) -> dict[str, Any]:
     """The job with tracking off: same build, trainer settings and checkpointing, no logger."""
     out = Path(cfg.output_dir) / "off"
-    # make_trainer's own ModelCheckpoint, so both variants checkpoint alike; its trainer is dropped.
-    placeholder = RunContext("off", "", RunRecorder.disabled("off", out / "staged"), out)
-    _, checkpoint = make_trainer(cfg, placeholder, "fp32", cfg.trainer.max_epochs)
+    checkpoints = make_checkpoints(out / "checkpoints" / "fp32")  # as make_trainer: both variants checkpoint alike
     cpu0, t0 = time.process_time(), time.perf_counter()
     datamodule, module = build(cfg)
     trainer = instantiate(cfg.trainer, max_epochs=cfg.trainer.max_epochs, default_root_dir=str(out),
-                          logger=False, callbacks=[checkpoint])
+                          logger=False, callbacks=list(checkpoints))
     t_fit = time.perf_counter()
-    fit_and_test(trainer, checkpoint, module, datamodule, cfg.ckpt_path)
+    fit_and_test(trainer, checkpoints[0], module, datamodule, cfg.ckpt_path)
     t_end = time.perf_counter()
     return {"seconds": t_end - t0, "fit_test_s": t_end - t_fit, "close_s": 0.0,
             "client_cpu_s": time.process_time() - cpu0, "test_acc": _test_acc(trainer)}
@@ -153,7 +151,7 @@ def run_on(cfg: DictConfig) -> dict[str, Any]:
     cpu0, t0 = time.process_time(), time.perf_counter()
     datamodule, module = build(cfg)
     with tracked_run(tc.tracking_uri, tc.experiment_name, cfg.output_dir, tc.run_name, dict(tc.tags),
-                     tc.close_timeout_s) as run, system_metrics(run, enabled=tc.system_metrics):
+                     tc.close_timeout_s, tc.batch_window_s) as run, system_metrics(run, enabled=tc.system_metrics):
         log_run_config(run, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_yaml(cfg, resolve=True),
                        (), dataset=datamodule.name)
         trainer, checkpoint = make_trainer(cfg, run, "fp32", cfg.trainer.max_epochs,
@@ -318,7 +316,7 @@ def main() -> None:
         "target_pct": TARGET_PCT,
         "method": ("whole job (build -> fit/test -> run closed) timed; off/on in adjacent pairs, order "
                    "alternating per pair, one process; overhead = (on - off) / off per pair, median over pairs"),
-        "off": "logger=False, callbacks=[ModelCheckpoint as make_trainer builds it]",
+        "off": "logger=False, callbacks=[the best/last ModelCheckpoints as make_trainer builds them]",
         "on": "tracked_run + log_run_config + make_trainer (all edgeqat callbacks, MlflowRunLogger, RunRecorder)",
         "server": "mlflow server on 127.0.0.1 (SQLite, local artifacts), same machine, 1 worker",
         "mlflow_import_s": import_s, "total_minutes": round((time.time() - started) / 60, 1),

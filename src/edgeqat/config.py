@@ -114,6 +114,7 @@ class TrackingConfig:
     status_interval_s: float = 5.0  # edgeqat.progress / eta_s tags at most this often
     max_imbalance: float = 3.0  # largest/smallest class ratio above which the run gets a data warning
     close_timeout_s: float = 60.0  # wait this long for an unreachable server at the end, then spool
+    batch_window_s: float = 3.0  # metrics/tags wait this long to share one request with what follows
     tags: dict[str, str] = field(default_factory=dict)
 
 

@@ -1,4 +1,4 @@
-"""CheckpointArtifacts: the best and last checkpoints as run artifacts, with what they are."""
+"""CheckpointArtifacts: the best checkpoint as a run artifact, with what it is."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from edgeqat.tracking import RunRecorder
 
 
 class CheckpointArtifacts(L.Callback):
-    """At the end of a fit, uploads ``ModelCheckpoint``'s best (and last) files under
-    ``checkpoints/<phase>/`` with ``checkpoints/<phase>/metadata.json``: epoch, monitored metric and
-    score, and the digest of the config they were trained with.
+    """At the end of a fit, uploads ``ModelCheckpoint``'s best file under ``checkpoints/<phase>/``
+    with ``checkpoints/<phase>/metadata.json``: epoch, monitored metric and score, and the digest of
+    the config it was trained with.
     """
 
     def __init__(self, recorder: RunRecorder, checkpoint: ModelCheckpoint, config_digest: str,
-                 phase: str = "fp32", include_last: bool = False) -> None:
+                 phase: str = "fp32") -> None:
         self.recorder, self.checkpoint = recorder, checkpoint
-        self.config_digest, self.phase, self.include_last = config_digest, phase, include_last
+        self.config_digest, self.phase = config_digest, phase
         self._best_epoch: int | None = None
         self._best_score: float | None = None
 
@@ -36,13 +36,11 @@ class CheckpointArtifacts(L.Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         ck = self.checkpoint
-        files = [ck.best_model_path] + ([ck.last_model_path] if self.include_last else [])
-        files = [f for f in dict.fromkeys(files) if f and Path(f).exists()]
-        if not files:
+        if not ck.best_model_path or not Path(ck.best_model_path).exists():
             return
         artifact_dir = f"checkpoints/{self.phase}"
-        for f in files:
-            self.recorder.log_artifact(f, artifact_dir)
+        # no staging copy: the fit is over, and no later phase writes into this phase's directory
+        self.recorder.log_artifact(ck.best_model_path, artifact_dir, copy=False)
         score = ck.best_model_score
         self.recorder.log_dict({
             "phase": self.phase,
@@ -51,7 +49,7 @@ class CheckpointArtifacts(L.Callback):
             "global_step": trainer.global_step,
             "monitor": ck.monitor,
             "best_score": None if score is None else float(score),
-            "files": [Path(f).name for f in files],
+            "files": [Path(ck.best_model_path).name],
             "config_digest": self.config_digest,
         }, f"{artifact_dir}/metadata.json")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -18,9 +20,10 @@ def make_trainer(cfg: DictConfig, run: RunContext, phase: str, max_epochs: int, 
     """A trainer for one phase (``fp32`` / ``qat``) writing into ``run``."""
     tc = cfg.tracking
     ckpt_dir = run.output_dir / "checkpoints" / phase
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor="val/acc", mode="max", filename="best", save_last=True)
+    checkpoint, last = make_checkpoints(ckpt_dir)
     callbacks: list[L.Callback] = [
         checkpoint,
+        last,
         PreemptionCheckpoint(run.recorder, ckpt_dir),
         TrainingStatus(run.recorder, phase, epoch_offset, total_epochs, tc.status_interval_s),
         LearningRateMonitor(logging_interval="epoch"),
@@ -36,10 +39,20 @@ def make_trainer(cfg: DictConfig, run: RunContext, phase: str, max_epochs: int, 
     return trainer, checkpoint
 
 
+def make_checkpoints(ckpt_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """``best.ckpt``: weights only (what test, export and ``quant.init_checkpoint`` load, and what the
+    run uploads: a third of the full state with AdamW's moments); ``last.ckpt``: the full trainer
+    state every epoch, local, for ``ckpt_path=.../last.ckpt`` to resume.
+    """
+    best = ModelCheckpoint(dirpath=ckpt_dir, monitor="val/acc", mode="max", filename="best", save_weights_only=True)
+    last = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True)
+    return best, last
+
+
 def fit_and_test(trainer: L.Trainer, checkpoint: ModelCheckpoint, module: L.LightningModule,
                  datamodule: L.LightningDataModule, ckpt_path: str | None = None) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns the trainer's final scalar metrics."""
     with lightning_handles_sigterm():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        trainer.test(module, datamodule=datamodule, ckpt_path="best" if checkpoint.best_model_path else None)
+        trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint.best_model_path or None)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

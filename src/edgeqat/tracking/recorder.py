@@ -4,8 +4,9 @@ MLflow's own HTTP retries (a few, short: see :func:`configure_http_retries`) abs
 MLflow does not offer is holding data through a longer outage: its async logging drops a batch once
 those retries are spent. Here a background thread sends operations strictly in order; a transient
 failure keeps the operation at the head of the queue and retries with backoff, so training never
-waits on the server and nothing is sent twice. What is still queued when the job ends is written to
-a spool directory that ``edgeqat sync`` replays later.
+waits on the server and nothing is sent twice. Metrics and tags wait up to ``batch_window_s`` for
+company, so a training loop costs the server one request per window, not one per logged step. What
+is still queued when the job ends is written to a spool directory that ``edgeqat sync`` replays later.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH_METRICS = 1000  # MLflow's log_batch limits
 MAX_BATCH_PARAMS_TAGS = 100
+WINDOWED_OPS = ("metrics", "tags")  # frequent and small: worth holding back briefly to send together
 
 
 def configure_http_retries(max_retries: int = 3, backoff_factor: int = 1, timeout_s: int = 20) -> None:
@@ -46,15 +48,19 @@ class RunRecorder:
         staging_dir: where artifacts are copied at log time (the file may change or vanish later).
         spool_dir: where unsent operations go if the server is still away at :meth:`close`.
         max_backoff_s: longest pause between retries while the server is away.
+        batch_window_s: how long a metrics/tags operation that found the queue empty waits for more
+            before it is sent (``flush``/``close`` and any other kind of operation end the wait).
     """
 
     def __init__(self, client: Any | None, run_id: str, staging_dir: Path, spool_dir: Path,
-                 max_backoff_s: float = 5.0) -> None:
+                 max_backoff_s: float = 5.0, batch_window_s: float = 3.0) -> None:
         self.client, self.run_id = client, run_id
         self.staging_dir, self.spool_dir = Path(staging_dir), Path(spool_dir)
-        self.max_backoff_s = max_backoff_s
+        self.max_backoff_s, self.batch_window_s = max_backoff_s, batch_window_s
         self._queue: deque[dict[str, Any]] = deque()
         self._cond = threading.Condition()
+        self._window_opened: float | None = None  # when an op arrived in an empty queue
+        self._flushing = 0
         self._busy = False
         self._closed = False
         self.sent_ops = 0
@@ -80,6 +86,8 @@ class RunRecorder:
         with self._cond:
             if self._closed:
                 raise RuntimeError("RunRecorder is closed")
+            if not self._queue and not self._busy:
+                self._window_opened = time.monotonic()
             self._queue.append(op)
             self._cond.notify()
 
@@ -130,20 +138,43 @@ class RunRecorder:
         self._put({"op": "terminate", "status": status})
 
     # -- sending --------------------------------------------------------------------------------
+    def _wait_for_company(self) -> None:
+        """Hold a lone metrics/tags op back until the window closes, so it leaves with what follows.
+
+        Called with the lock held; only the first op after an idle spell waits (``_window_opened``).
+        """
+        while (self._window_opened is not None and not self._closed and not self._flushing
+               and all(op["op"] in WINDOWED_OPS for op in self._queue)):
+            remaining = self._window_opened + self.batch_window_s - time.monotonic()
+            if remaining <= 0:
+                break
+            self._cond.wait(remaining)
+        self._window_opened = None
+
     def _take_batch(self) -> list[dict[str, Any]]:
-        """The head op, merged with following ops of the same kind up to MLflow's batch limits."""
+        """The head op, with the following ops that can share its request (MLflow's ``log_batch``)."""
         head = self._queue[0]
-        batch = [head]
-        if head["op"] in ("metrics", "params", "tags"):
-            key, limit = head["op"], MAX_BATCH_METRICS if head["op"] == "metrics" else MAX_BATCH_PARAMS_TAGS
-            size, seen = len(head[key]), set(head[key]) if key == "params" else set[str]()
+        if head["op"] == "params":
+            batch, seen = [head], set(head["params"])
             for op in list(self._queue)[1:]:
-                if op["op"] != key or size + len(op[key]) > limit or (key == "params" and seen & set(op[key])):
+                keys = set(op.get("params", ()))
+                if op["op"] != "params" or len(seen | keys) > MAX_BATCH_PARAMS_TAGS or seen & keys:
                     break  # a repeated param goes alone, so the server sees (and refuses) the change
                 batch.append(op)
-                size += len(op[key])
-                if key == "params":
-                    seen |= set(op[key])
+                seen |= keys
+            return batch
+        if head["op"] not in WINDOWED_OPS:
+            return [head]
+        batch, n_metrics, tag_keys = [], 0, set[str]()
+        for op in self._queue:  # metrics and tags are independent entities: one request carries both
+            if op["op"] not in WINDOWED_OPS:
+                break
+            keys = tag_keys | set(op.get("tags", ()))
+            n = n_metrics + len(op.get("metrics", ()))
+            if batch and (len(keys) > MAX_BATCH_PARAMS_TAGS or n + len(keys) > MAX_BATCH_METRICS):
+                break
+            batch.append(op)
+            n_metrics, tag_keys = n, keys
         return batch
 
     def _worker(self) -> None:
@@ -154,6 +185,7 @@ class RunRecorder:
                     self._cond.wait()
                 if not self._queue:
                     return  # closed and drained
+                self._wait_for_company()
                 batch = self._take_batch()
                 self._busy = True
             try:
@@ -196,11 +228,16 @@ class RunRecorder:
         """Wait until everything queued so far is sent; False on timeout."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
-            while self._queue or self._busy:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(timeout=min(remaining, 1.0) if remaining else 1.0)
+            self._flushing += 1
+            self._cond.notify_all()  # ends a batch window now
+            try:
+                while self._queue or self._busy:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(timeout=min(remaining, 1.0) if remaining else 1.0)
+            finally:
+                self._flushing -= 1
         return True
 
     def close(self, timeout_s: float = 60.0) -> Path | None:
@@ -223,15 +260,13 @@ class RunRecorder:
 
 
 def _merge(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """One op for a batch from ``_take_batch``; later tag/param values win, as they would one by one."""
     if len(batch) == 1:
         return batch[0]
-    key = batch[0]["op"]
-    if key == "metrics":
-        return {"op": key, key: [m for op in batch for m in op[key]]}
-    merged: dict[str, Any] = {}
-    for op in batch:
-        merged.update(op[key])
-    return {"op": key, key: merged}
+    if batch[0]["op"] == "params":
+        return {"op": "params", "params": {k: v for op in batch for k, v in op["params"].items()}}
+    return {"op": "batch", "metrics": [m for op in batch for m in op.get("metrics", ())],
+            "tags": {k: v for op in batch for k, v in op.get("tags", {}).items()}}
 
 
 __all__ = ["OPS_FILE", "RunRecorder", "configure_http_retries"]

@@ -116,7 +116,8 @@ def _raise_preempted(signum: int, frame: Any) -> None:
 
 @contextmanager
 def tracked_run(tracking_uri: str | None, experiment_name: str, output_dir: Path, run_name: str | None = None,
-                tags: Mapping[str, str] | None = None, close_timeout_s: float = 60.0) -> Iterator[RunContext]:
+                tags: Mapping[str, str] | None = None, close_timeout_s: float = 60.0,
+                batch_window_s: float = 3.0) -> Iterator[RunContext]:
     """Yield the run; end it FINISHED, FAILED (with ``edgeqat.failure`` + traceback) or KILLED.
 
     Only global rank zero owns the run. Lightning's DDP launcher re-runs this job for the other
@@ -139,7 +140,8 @@ def tracked_run(tracking_uri: str | None, experiment_name: str, output_dir: Path
     run_id = _open_run(client, experiment_name, run_name, scrub_secrets(dict(tags or {})))
     os.environ[RUN_ID_ENV] = run_id  # inherited by DDP worker processes
     run_dir = Path(output_dir) / run_id
-    recorder = RunRecorder(client, run_id, staging_dir=run_dir / "staged", spool_dir=Path(output_dir) / "spool")
+    recorder = RunRecorder(client, run_id, staging_dir=run_dir / "staged", spool_dir=Path(output_dir) / "spool",
+                           batch_window_s=batch_window_s)
     ctx = RunContext(run_id, uri, recorder, run_dir)
     recorder.set_tags({STATUS_TAG: "RUNNING"})
     previous = signal.signal(signal.SIGTERM, _raise_preempted)

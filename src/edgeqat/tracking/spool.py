@@ -45,12 +45,10 @@ def apply_op(client: Any, run_id: str, op: dict[str, Any]) -> None:
     from mlflow.entities import Dataset as DatasetEntity
 
     kind = op["op"]
-    if kind == "metrics":
-        client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in op["metrics"]])
-    elif kind == "params":
-        client.log_batch(run_id, params=[Param(k, v) for k, v in op["params"].items()])
-    elif kind == "tags":
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
+    if kind in ("metrics", "params", "tags", "batch"):  # "batch": metrics and tags merged by the recorder
+        client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in op.get("metrics", ())],
+                         params=[Param(k, v) for k, v in op.get("params", {}).items()],
+                         tags=[RunTag(k, v) for k, v in op.get("tags", {}).items()])
     elif kind == "artifact":
         client.log_artifact(run_id, op["path"], op.get("artifact_path"))
     elif kind == "text":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,28 @@ def test_never_back_spools_then_sync_uploads_once(run, tmp_path: Path) -> None:
     assert [a.path for a in client.list_artifacts(run_id, "weights")] == ["weights/model.bin"]
     again = sync_spool(spool)  # resumes after the last uploaded operation: nothing twice
     assert again.uploaded == 0 and len(client.get_metric_history(run_id, "loss")) == 25
+
+
+def test_metrics_wait_for_company_then_leave_in_one_request(run, tmp_path: Path) -> None:
+    client, run_id = run
+    counting = Outage(client)
+    rec = RunRecorder(counting, run_id, tmp_path / "staged", tmp_path / "spool", batch_window_s=30.0)
+    for step in range(20):  # a training loop logging every step
+        rec.log_metrics({"loss": float(step)}, step=step)
+        rec.set_tags({"edgeqat.progress": str(step)})
+    assert counting.calls == 0 and rec.pending == 40  # held back by the window, not sent one by one
+    assert rec.flush(10)  # flush ends the window at once, far before its 30 s
+    assert counting.calls == 1 and rec.sent_ops == 40  # 20 points + 20 tag writes, one log_batch
+    assert [m.step for m in sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)] == list(range(20))
+
+    calls = counting.calls
+    rec.log_metrics({"loss": 99.0}, step=99)
+    rec.log_text("done", "notes/done.txt")  # any other kind of op ends the window too
+    deadline = time.monotonic() + 10
+    while rec.pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rec.pending == 0 and counting.calls == calls + 2
+    assert rec.close(5) is None
 
 
 def test_rejected_operation_is_reported_not_retried(run, tmp_path: Path) -> None:
