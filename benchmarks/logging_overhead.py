@@ -35,7 +35,6 @@ import contextlib
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from _machine import machine_facts
 from edgeqat.config import compose_config
 from edgeqat.pipeline import fit_and_test, make_checkpoints, make_trainer
 from edgeqat.stack.mlflow_server import MlflowServerConfig, start_mlflow_server
@@ -62,14 +62,6 @@ from edgeqat.train import build
 TARGET_PCT = 3.0  # issue: all callbacks + server logging cost at most 3 % of the job's wall time
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @contextlib.contextmanager
@@ -123,7 +115,8 @@ def wait_quiet(max_wait_s: float, threshold_pct: float) -> float:
 
 def job_config(args: argparse.Namespace, log_every: int, output_dir: Path, tracking_uri: str) -> DictConfig:
     return compose_config([
-        f"model={args.model}", f"data={args.data}", f"trainer.max_epochs={args.epochs}",
+        f"model={args.model}", f"data={args.data}",
+        *([f"trainer.max_epochs={args.epochs}"] if args.epochs else []),
         f"trainer.log_every_n_steps={log_every}", "trainer.enable_progress_bar=false",  # both variants
         f"output_dir={output_dir}", f"tracking.tracking_uri={tracking_uri}",
         "tracking.experiment_name=logging-overhead", f"seed={args.seed}",
@@ -260,7 +253,8 @@ def summarize(pairs: list[dict[str, Any]], max_other_pct: float) -> dict[str, An
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3, help="timed off/on pairs per log_every_n_steps value")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="FP32 epochs; default: the config's trainer.max_epochs, the default job's FP32 phase")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--data", default="mnist5k")
     parser.add_argument("--seed", type=int, default=42)
@@ -277,9 +271,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.pairs < 1 or args.retries < 0:
         parser.error(f"--pairs {args.pairs} --retries {args.retries}: pass pairs >= 1 and retries >= 0")
-    import lightning
-    import mlflow
-
     import_s = mlflow_import_s()
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp, mlflow_server(Path(tmp) / "server") as (url, server_pid):
@@ -306,10 +297,9 @@ def main() -> None:
 
     summary = {str(n): summarize(p, args.max_other_pct) for n, p in pairs.items()}
     cfg = job_config(args, args.log_every[0], Path("/tmp/run"), "http://127.0.0.1:0")
+    args.epochs = cfg.trainer.max_epochs
     meta = {
-        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
-        "mlflow": mlflow.__version__, "model": args.model, "data": args.data, "epochs": args.epochs,
+        **machine_facts(), "model": args.model, "data": args.data, "epochs": args.epochs,
         "seed": args.seed, "log_every_n_steps": args.log_every, "pairs": args.pairs,
         "quiet_wait_s": args.quiet_wait, "quiet_threshold_pct": args.quiet_threshold,
         "max_other_pct": args.max_other_pct, "retries": args.retries,

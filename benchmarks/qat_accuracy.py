@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import machine_facts
 
 MODELS = ["resnet18", "mobilenetv3_small_100", "efficientnet_lite0", "shufflenet_v2_x0_5"]
 KEYS = ["test/acc_fp32", "test/acc_qat", "test/acc_int8", "test/acc_ptq", "int8/acc_drop", "int8/top1_agreement",
@@ -66,8 +67,7 @@ def main() -> None:
         for model in args.models:
             rows.append(run_model(model, args.extra.split(), Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "python": platform.python_version()},
+    result = {"machine": machine_facts(),
               "config": "experiment=compare data=mnist5k (defaults) " + args.extra, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

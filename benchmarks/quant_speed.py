@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from _machine import machine_facts
 from edgeqat.quant import (
     convert,
     export_onnx,
@@ -116,14 +116,6 @@ def bench(name: str, args: argparse.Namespace, work: Path) -> dict:
     return result
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -140,8 +132,6 @@ def main() -> None:
     parser.add_argument("--no-ptq", dest="ptq", action="store_false")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quant_speed.json")
     args = parser.parse_args()
-    import onnxruntime
-
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results = json.loads(args.out.read_text())["models"] if args.out.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,8 +143,7 @@ def main() -> None:
                 line += f" | ptq x{r['ptq']['speedup']:.2f}"
             print(line, flush=True)
     meta = {
-        "cpu": cpu_model(), "logical_cpus": __import__("os").cpu_count(), "ort_threads": args.threads,
-        "batch": 1, "resolution": args.res, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+        **machine_facts(), "ort_threads": args.threads, "batch": 1, "resolution": args.res,
         "num_classes": args.num_classes, "method": "median of per-round medians, FP32/INT8 interleaved",
         "rounds": args.rounds, "iters": args.iters,
     }

@@ -123,13 +123,16 @@ class RunRecorder:
         self._put({"op": "table", "data": {k: list(v) for k, v in data.items()}, "artifact_file": artifact_file})
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """Queue a matplotlib figure; the sender thread renders it, so training does not wait on it.
+
+        The caller hands the figure over: it must not draw on it afterwards.
+        """
         if self.client is None:
             return
         path = self.staging_dir / uuid.uuid4().hex / Path(artifact_file).name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110, bbox_inches="tight")
         parent = str(Path(artifact_file).parent)
-        self._put({"op": "artifact", "path": str(path), "artifact_path": None if parent == "." else parent})
+        self._put({"op": "figure", "figure": figure, "path": str(path),
+                   "artifact_path": None if parent == "." else parent})
 
     def log_input(self, name: str, digest: str, source: str, context: str = "training") -> None:
         self._put({"op": "input", "name": name, "digest": digest, "source": source, "context": context})
@@ -189,6 +192,8 @@ class RunRecorder:
                 batch = self._take_batch()
                 self._busy = True
             try:
+                if batch[0]["op"] == "figure":
+                    _render_figure(batch[0])
                 apply_op(self.client, self.run_id, _merge(batch))
             except Exception as e:  # noqa: BLE001 - classified below
                 with self._cond:
@@ -251,12 +256,26 @@ class RunRecorder:
         self._thread.join()  # bounded: one in-flight call at most, capped by MLflow's HTTP timeout
         if not self._queue:
             return None
-        ops = list(self._queue)
+        ops = []
+        for op in self._queue:  # a spool holds files and JSON: figures become their PNGs now
+            try:
+                ops.append(_render_figure(op) if op["op"] == "figure" else op)
+            except Exception as e:  # noqa: BLE001 - one unrenderable figure must not cost the rest
+                log.warning("could not render %s for the spool: %s", op["path"], e)
         self._queue.clear()
         path = write_spool(self.spool_dir / self.run_id, self.client.tracking_uri, self.run_id, ops)
         log.warning("tracking server or its artifact store still unreachable: %d operations spooled to %s; "
                     "upload them later with: edgeqat sync %s", len(ops), path, path)
         return path
+
+
+def _render_figure(op: dict[str, Any]) -> dict[str, Any]:
+    """Turn a queued figure into the artifact op for its PNG, in place (a retry uploads, not redraws)."""
+    path = Path(op["path"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    op.pop("figure").savefig(path, dpi=110, bbox_inches="tight")
+    op["op"] = "artifact"
+    return op
 
 
 def _merge(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -84,6 +84,7 @@ def test_never_back_spools_then_sync_uploads_once(run, tmp_path: Path) -> None:
     rec.log_params({"lr": 0.1})
     rec.log_artifact(artifact, "weights")
     artifact.unlink()  # the recorder staged its own copy at log time
+    rec.log_figure(_figure(), "plots/bars.png")  # queued unrendered; the spool gets its PNG
     rec.terminate("FINISHED")
     spool = rec.close(timeout_s=1.0)
     assert spool is not None and (spool / "ops.jsonl").exists()
@@ -94,6 +95,7 @@ def test_never_back_spools_then_sync_uploads_once(run, tmp_path: Path) -> None:
     got = client.get_run(run_id)
     assert got.data.params == {"lr": "0.1"} and got.info.status == "FINISHED"
     assert [a.path for a in client.list_artifacts(run_id, "weights")] == ["weights/model.bin"]
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/bars.png"]
     again = sync_spool(spool)  # resumes after the last uploaded operation: nothing twice
     assert again.uploaded == 0 and len(client.get_metric_history(run_id, "loss")) == 25
 
@@ -118,6 +120,29 @@ def test_metrics_wait_for_company_then_leave_in_one_request(run, tmp_path: Path)
         time.sleep(0.05)
     assert rec.pending == 0 and counting.calls == calls + 2
     assert rec.close(5) is None
+
+
+def _figure():
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.add_subplot().bar(["a", "b"], [3, 1])
+    return fig
+
+
+def test_figures_render_on_the_sender_thread(run, tmp_path: Path, monkeypatch) -> None:
+    client, run_id = run
+    rendered_on = []
+    fig = _figure()
+    real_savefig = fig.savefig
+    monkeypatch.setattr(fig, "savefig", lambda *a, **k: (rendered_on.append(threading.current_thread().name),
+                                                          real_savefig(*a, **k)))
+    rec = _recorder(client, run_id, tmp_path)
+    rec.log_figure(fig, "data/bars.png")
+    assert rec.close(10) is None
+    assert rendered_on == ["edgeqat-recorder"]  # not the training thread
+    (artifact,) = client.list_artifacts(run_id, "data")
+    assert artifact.path == "data/bars.png" and artifact.file_size > 1000
 
 
 def test_rejected_operation_is_reported_not_retried(run, tmp_path: Path) -> None:
