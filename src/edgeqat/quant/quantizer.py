@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e import (
+    FakeQuantize,
     FusedMovingAvgObsFakeQuantize,
     MinMaxObserver,
     MovingAverageMinMaxObserver,
@@ -66,6 +67,25 @@ _EPS = 2**-12  # smallest scale the observers may produce (torchao's default for
 NodeFilter = Callable[[Node], bool]
 
 
+class WeightFakeQuantize(FakeQuantize):
+    """Weight fake-quant that trains against exactly the int8 weights convert will export.
+
+    Not the fused kernel: for a symmetric [-127, 127] range its C++ qparams use 255 steps
+    (``|w|max / 127.5``) while convert takes the observer's (``|w|max / 127``), so training would
+    see other weights than the exported model (up to one step per weight, compounding through a
+    MobileNet). And a weight's qparams depend on the weight alone: called before any observation
+    (validation before the first training step) it observes once instead of using a placeholder.
+    """
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if not self.observer_enabled[0] and self.is_per_channel and self.scale.numel() != X.shape[self.ch_axis]:
+            self.activation_post_process(X.detach())
+            scale, zero_point = self.calculate_qparams()
+            self.scale.resize_(scale.shape).copy_(scale)
+            self.zero_point.resize_(zero_point.shape).copy_(zero_point)
+        return super().forward(X)
+
+
 @dataclass(frozen=True)
 class QuantSpecs:
     """The quantization specs every annotator draws from (one policy, one place)."""
@@ -82,9 +102,7 @@ class QuantSpecs:
         """uint8 per-tensor activations and int8 per-channel symmetric weights, QAT or PTQ observers."""
         if qat:
             act_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, eps=_EPS)
-            w_ctr = FusedMovingAvgObsFakeQuantize.with_args(
-                observer=MovingAveragePerChannelMinMaxObserver, eps=_EPS
-            )
+            w_ctr = WeightFakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, eps=_EPS)
         else:
             act_ctr = MinMaxObserver.with_args(eps=_EPS)
             w_ctr = PerChannelMinMaxObserver.with_args(eps=_EPS)

@@ -10,8 +10,10 @@ import torch
 from edgeqat.quant import assert_integer_kernels, evaluate_onnx, file_size_mb, inspect_ort_graph, run_onnx
 from tests.unit.quant.conftest import PARITY_MODELS
 
-# Stated tolerance: logits agree within 3 output quantization steps (output scale = range / 255),
-# and top-1 agrees on >= 99% of 256 structured inputs.
+# Stated tolerance: the converted torch graph computes what fake-quant computes (within 1 output
+# quantization step, output scale = range / 255: only float rounding at a requantization may differ);
+# ORT's integer kernels within 3 steps; top-1 agrees on >= 99% of 256 structured inputs.
+MAX_STEPS_CONVERTED = 1
 MAX_STEPS = 3
 MIN_AGREEMENT = 0.99
 
@@ -29,8 +31,8 @@ def test_fake_quant_converted_and_ort_agree(artifacts, name: str) -> None:
     converted = _logits(a.converted, a.images)
     ort = run_onnx(a.int8_onnx, a.images)
     step = (fake_quant.max() - min(fake_quant.min(), 0.0)) / 255
-    for other, label in ((converted, "converted"), (ort, "ORT INT8")):
-        assert np.abs(fake_quant - other).max() <= MAX_STEPS * step, f"{label} drifts from fake-quant"
+    for other, label, steps in ((converted, "converted", MAX_STEPS_CONVERTED), (ort, "ORT INT8", MAX_STEPS)):
+        assert np.abs(fake_quant - other).max() <= steps * step * 1.001, f"{label} drifts from fake-quant"
         assert (fake_quant.argmax(1) == other.argmax(1)).mean() >= MIN_AGREEMENT, label
     result = evaluate_onnx(a.int8_onnx, a.images, a.labels, reference_logits=fake_quant)
     assert result.top1_agreement is not None and result.top1_agreement >= MIN_AGREEMENT

@@ -182,3 +182,19 @@ def test_bn_eps_and_momentum_survive_prepare() -> None:
     with torch.no_grad():
         reference = net(x)
         assert (model(x) - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_training_fake_quant_uses_the_weight_qparams_convert_will_use() -> None:
+    """Trained-against weights == exported weights: each weight fake-quant's live scale equals its
+    observer's qparams, which convert bakes in (the fused kernel's symmetric scale did not: /127.5
+    against /127, one step off per weight, which compounds through a MobileNet)."""
+    model = prepare_qat(_Net(), _example())
+    model.train()
+    with torch.no_grad():
+        model(synthetic_batch(16, seed=1, res=16)[0])
+    weight_fqs = [m for m in model.modules() if hasattr(m, "activation_post_process")
+                  and m.qscheme == torch.per_channel_symmetric]
+    assert weight_fqs
+    for fq in weight_fqs:
+        scale, _ = fq.calculate_qparams()
+        assert torch.equal(fq.scale, scale)
