@@ -60,12 +60,14 @@ class QuantConfig:
     """Quantization recipe (``edgeqat.pipeline.list_recipes()``): FP32 only, QAT to INT8, or ORT PTQ.
 
     The FP32 phase trains ``trainer.max_epochs`` epochs (the QAT warm-up) unless ``init_checkpoint``
-    gives trained FP32 weights; QAT then fine-tunes ``qat_epochs`` more at ``qat_lr``.
+    gives trained FP32 weights; QAT then fine-tunes ``qat_epochs`` more with ``qat_optimizer`` (a
+    Hydra partial; None: the FP32 phase's optimizer) at ``qat_lr``.
     """
 
     mode: str = "fp32"  # fp32 | qat_int8 | ptq_int8
     qat_epochs: int = 2
-    qat_lr: float = 1e-4
+    qat_lr: float = 1e-3
+    qat_optimizer: Any = None
     freeze_observer_epoch: Optional[int] = None  # QAT epoch (0-based) from which scales stay fixed
     freeze_bn_epoch: Optional[int] = None  # QAT epoch from which BN running statistics stay fixed
     init_checkpoint: Optional[str] = None  # FP32 weights to start from: a .ckpt path or a runs:/ URI

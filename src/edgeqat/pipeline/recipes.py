@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from edgeqat.data import ClassificationDataModule
@@ -102,7 +103,8 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
     prepared = prepare_qat(ctx.module.backbone.eval(), ctx.example_input(), float_modules=list(q.float_modules))
     qat_module = ClassifierModule(
         backbone=prepared,
-        optimizer=functools.partial(ctx.module.optimizer_factory, lr=q.qat_lr),
+        optimizer=functools.partial(instantiate(q.qat_optimizer) if q.qat_optimizer else ctx.module.optimizer_factory,
+                                    lr=q.qat_lr),
         num_classes=ctx.datamodule.num_classes,
         class_names=ctx.datamodule.class_names,
         test_tag="qat",
