@@ -68,6 +68,7 @@ class QuantConfig:
     qat_epochs: int = 2
     qat_lr: float = 1e-3
     qat_optimizer: Any = None
+    qat_scheduler: Any = None  # Hydra partial taking ``optimizer``, stepped per QAT epoch; None: constant lr
     freeze_observer_epoch: Optional[int] = None  # QAT epoch (0-based) from which scales stay fixed
     freeze_bn_epoch: Optional[int] = None  # QAT epoch from which BN running statistics stay fixed
     init_checkpoint: Optional[str] = None  # FP32 weights to start from: a .ckpt path or a runs:/ URI

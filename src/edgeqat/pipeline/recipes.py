@@ -105,6 +105,7 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
         backbone=prepared,
         optimizer=functools.partial(instantiate(q.qat_optimizer) if q.qat_optimizer else ctx.module.optimizer_factory,
                                     lr=q.qat_lr),
+        scheduler=instantiate(q.qat_scheduler) if q.qat_scheduler else None,
         num_classes=ctx.datamodule.num_classes,
         class_names=ctx.datamodule.class_names,
         test_tag="qat",

@@ -44,6 +44,8 @@ def test_qat_int8_metrics_come_from_the_exported_file(compose, tracking_uri: str
     assert m["int8/acc_drop"] == pytest.approx(m["test/acc_fp32"] - m["test/acc_int8"])
     assert m["int8/top1_agreement"] >= 0.97  # fake-quant torch vs ORT INT8 on the test split
     assert m["int8/qlinearconv"] > 0 and m["int8/size_ratio"] < 0.4
+    # FP32 trained with AdamW (optim=adamw); QAT fine-tuned with quant.qat_optimizer at quant.qat_lr
+    assert "lr-AdamW" in m and m["lr-SGD"] == pytest.approx(cfg.quant.qat_lr)
     assert {"int8/model.onnx", "int8/report.json", "int8/verification.json", "int8/per_class_damage.json",
             "int8/per_class_damage.png", "int8/confusion.png"} <= _artifacts(tracking_uri, result.run_id, "int8")
     assert "fp32/model.onnx" in _artifacts(tracking_uri, result.run_id, "fp32")
