@@ -54,10 +54,9 @@ def ptq_onnx(fp32_onnx: str | Path, calibration: Iterable[np.ndarray], out: str 
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         try:
-            try:
-                quant_pre_process(str(fp32_onnx), str(pre))
-            except Exception:  # symbolic inference gives up on some dynamic H/W graphs; ONNX's own suffices
-                quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+            # ONNX's own shape inference suffices for CNNs; ORT's symbolic one gives up on our dynamic H/W
+            # graphs and then leaves sym_shape_infer_temp.onnx (+ a .data file) in the working directory.
+            quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
             quantize_static(
                 str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

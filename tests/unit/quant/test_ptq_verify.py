@@ -20,10 +20,14 @@ from edgeqat.quant import (
 )
 
 
-def test_ptq_produces_working_qdq_model(artifacts, tmp_path: Path) -> None:
+def test_ptq_produces_working_qdq_model(artifacts, tmp_path: Path, monkeypatch) -> None:
     a = artifacts["test_resnet"]
     calibration = [a.images[i:i + 16] for i in range(0, 64, 16)]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     out = ptq_onnx(a.fp32_onnx, calibration, tmp_path / "ptq.onnx")
+    assert list(cwd.iterdir()) == []  # ORT's helpers leave no temporary model in the working directory
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     report = inspect_ort_graph(out)
