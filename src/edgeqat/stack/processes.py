@@ -60,9 +60,13 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def ensure_port_free(host: str, port: int, *, service: str, fix: str) -> None:
-    """Raise :class:`PortInUseError` naming ``service`` and ``fix`` if ``host:port`` is taken."""
-    if not port_is_free(host, port):
+def ensure_port_free(host: str, port: int, *, service: str, fix: str, grace_s: float = 0.0) -> None:
+    """Raise :class:`PortInUseError` naming ``service`` and ``fix`` if ``host:port`` is taken.
+
+    ``grace_s``: for a port our own crashed server held, wait that long for the kernel to release it
+    (a killed process's children and sockets outlive its pid for a moment on a busy machine).
+    """
+    if not wait_port_free(host, port, grace_s):
         raise PortInUseError(f"Port {port} on {host} (wanted by {service}) is already in use by another process: {fix}")
 
 

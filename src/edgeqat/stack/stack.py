@@ -65,6 +65,7 @@ from edgeqat.stack.seaweed import (
 Echo = Callable[[str], None]
 SERVICES = ("seaweedfs", "mlflow")  # start order; stopped in reverse
 ARTIFACTS_BUCKET = "edgeqat-artifacts"
+_OWN_PORT_GRACE_S = 15.0  # how long a port our own crashed server held may take to be released
 
 
 @dataclass(frozen=True)
@@ -333,11 +334,13 @@ def stack_up(config: StackConfig, *, env: Mapping[str, str] | None = None, echo:
                 f"or `edgeqat stack down` first"
             )
         ensure_port_free(LOOPBACK, s3_port, service="SeaweedFS S3",
-                         fix="stop that process, or pass --s3-port N (0 picks a free port)")
+                         fix="stop that process, or pass --s3-port N (0 picks a free port)",
+                         grace_s=_OWN_PORT_GRACE_S if s3_port == previous_s3 else 0.0)
     if mlflow is None:
         mlflow_port = _resolve_port(config.mlflow_port, previous_mlflow or DEFAULT_MLFLOW_PORT)
         ensure_port_free(LOOPBACK, mlflow_port, service="MLflow server",
-                         fix="stop that process, or pass --mlflow-port N (0 picks a free port)")
+                         fix="stop that process, or pass --mlflow-port N (0 picks a free port)",
+                         grace_s=_OWN_PORT_GRACE_S if mlflow_port == previous_mlflow else 0.0)
         if seaweed is None and mlflow_port == s3_port:
             raise StackError(f"MLflow and S3 would both use port {s3_port}: pass different --mlflow-port/--s3-port")
 
