@@ -151,38 +151,12 @@ def _write_tree(image_set: ImageSet, root: Path, dest: str) -> PublishResult:
     return PublishResult(image_set.name, dest, dict(sorted(counts.items())), written, unchanged, image_set.channels)
 
 
-def _remote_files(dest: str, endpoint_url: str | None) -> set[str]:
-    """Paths (relative to the prefix) of the objects already under ``dest``."""
-    from edgeqat.stack.s3 import (
-        botocore_errors,
-        credentials_from_env,
-        explain_s3_error,
-        is_loopback_url,
-        make_s3_client,
-        parse_s3_uri,
-        resolve_endpoint_url,
-    )
-
-    bucket, prefix = parse_s3_uri(dest)
-    endpoint = resolve_endpoint_url(endpoint_url)
-    client = make_s3_client(endpoint, credentials_from_env(allow_local_defaults=is_loopback_url(endpoint)))
-    key_prefix = f"{prefix}/" if prefix else ""
-    try:
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix)
-        return {o["Key"][len(key_prefix):] for page in pages for o in page.get("Contents", [])
-                if not o["Key"].endswith("/")}
-    except botocore_errors() as e:
-        raise explain_s3_error(e, endpoint_url=endpoint, bucket=bucket, action=f"list {dest}") from None
-    finally:
-        client.close()
-
-
 def _upload(tree: Path, dest: str, endpoint_url: str | None, source: str, class_counts: dict[str, int],
             channels: int) -> PublishResult:
-    from edgeqat.data.s3_cache import upload_tree
+    from edgeqat.data.s3_cache import list_remote_files, upload_tree
 
     files = _existing_files(tree)
-    _refuse_foreign(_remote_files(dest, endpoint_url) - files, dest, source)
+    _refuse_foreign(list_remote_files(dest, endpoint_url=endpoint_url) - files, dest, source)
     uploaded = upload_tree(tree, dest, endpoint_url=endpoint_url)
     return PublishResult(source, dest, class_counts, uploaded, len(files) - uploaded, channels)
 

@@ -92,6 +92,19 @@ def _list_remote(client: BaseClient, bucket: str, prefix: str, uri: str) -> list
     return objects
 
 
+def list_remote_files(uri: str, *, endpoint_url: str | None = None) -> set[str]:
+    """Paths (relative to the prefix of ``uri``) of the objects already there."""
+    bucket, prefix = parse_s3_uri(uri)
+    endpoint = resolve_endpoint_url(endpoint_url)
+    client = _client(endpoint)
+    try:
+        return {o.rel for o in _list_remote(client, bucket, prefix, uri)}
+    except botocore_errors() as e:
+        raise explain_s3_error(e, endpoint_url=endpoint, bucket=bucket, action=f"list {uri}") from None
+    finally:
+        client.close()
+
+
 def _load_manifest(path: Path) -> dict[str, dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
