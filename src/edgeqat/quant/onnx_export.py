@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -62,7 +64,10 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
     data_path = path.with_name(path.name + ".data")
     if data_path.exists():
         data_path.unlink()
-    onnx.save_model(proto, str(path), save_as_external_data=external, location=data_path.name)
+    # Written beside, then renamed: a reader (another DDP rank verifying the same file) never sees half a file.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    onnx.save_model(proto, str(partial), save_as_external_data=external, location=data_path.name)
+    os.replace(partial, path)
     return path
 
 
