@@ -8,6 +8,7 @@ import torch
 from torch.fx import GraphModule
 
 from edgeqat.quant._conv_bn_patterns import only_present_conv_kinds
+from edgeqat.quant.bias_rounding import remove_bias_rounding, round_converted_biases
 from edgeqat.quant.errors import QuantizationError
 from edgeqat.quant.qat_model import QATModel, restore_train_eval_methods, set_graph_mode
 from edgeqat.quant.steps import QuantStep
@@ -20,8 +21,9 @@ _QDQ_OPS = {"quantize_per_tensor", "quantize_per_channel", "dequantize_per_tenso
 def convert(prepared: QATModel) -> GraphModule:
     """Eval mode + ``convert_pt2e`` on a deep copy of ``prepared``.
 
-    Returns a graph with int8 weights (``dequantize`` of int8 constants) and Q/DQ around every
-    quantized activation; it computes what the fake-quant graph computes in eval mode.
+    Returns a graph with int8 weights (``dequantize`` of int8 constants), biases on ORT's int32 grid
+    (``bias_rounding``) and Q/DQ around every quantized activation; it computes what the fake-quant
+    graph computes in eval mode.
 
     Raises:
         QuantizationError: the result holds no quantize/dequantize op (nothing was quantized).
@@ -35,8 +37,10 @@ def convert(prepared: QATModel) -> GraphModule:
     from torchao.quantization.pt2e import disable_observer
 
     model.apply(disable_observer)
+    remove_bias_rounding(model)
     with torch.no_grad(), only_present_conv_kinds(model):
         converted = convert_pt2e(model)
+    round_converted_biases(converted)
     set_graph_mode(converted, training=False)
     restore_train_eval_methods(converted).eval()  # BN is folded; eval() only sets the flag
     if not _has_qdq(converted):

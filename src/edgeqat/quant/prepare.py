@@ -12,6 +12,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 from edgeqat.quant._conv_bn_patterns import only_present_conv_kinds
+from edgeqat.quant.bias_rounding import insert_bias_rounding
 from edgeqat.quant.errors import QuantizationError
 from edgeqat.quant.qat_model import QATModel, set_graph_mode
 from edgeqat.quant.quantizer import EdgeQuantizer
@@ -20,6 +21,7 @@ from edgeqat.quant.steps import QuantStep
 __all__ = ["check_batchnorm", "prepare_qat"]
 
 _BATCH_NORM = torch.ops.aten.batch_norm.default
+
 
 def prepare_qat(
     model: nn.Module,
@@ -59,6 +61,7 @@ def prepare_qat(
             f"Leave the offending module float with prepare_qat(..., float_modules=[...])."
         ) from exc
     _restore_bn_args(prepared, bn_args)
+    insert_bias_rounding(prepared)
     if not _has_fake_quant(prepared):
         raise QuantizationError(
             f"[{QuantStep.PREPARE.value}] no op of {type(model).__name__} was quantized (no conv, linear, "

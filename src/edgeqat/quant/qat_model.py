@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
+from edgeqat.quant.bias_rounding import set_bias_rounding_mode
+
 __all__ = ["QATModel", "freeze_bn_stats", "freeze_observers", "restore_train_eval_methods", "set_graph_mode"]
 
 aten = torch.ops.aten
@@ -82,7 +84,9 @@ class QATModel(nn.Module):
         state = (self.training, self.bn_frozen, self.observers_frozen)
         if state == self._synced:
             return
-        set_graph_mode(self.graph_module, self.training, self.training and not self.bn_frozen)
+        bn_training = self.training and not self.bn_frozen
+        set_graph_mode(self.graph_module, self.training, bn_training)
+        set_bias_rounding_mode(self.graph_module, bn_uses_running_stats=not bn_training)
         from torchao.quantization.pt2e import disable_observer, enable_observer
 
         observe = self.training and not self.observers_frozen

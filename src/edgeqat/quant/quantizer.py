@@ -92,9 +92,10 @@ class QuantSpecs:
 
     activation: QuantizationSpec
     weight: QuantizationSpec
-    unit_interval: FixedQParamsQuantizationSpec  # outputs in [0, 1]: sigmoid, hardsigmoid
+    unit_interval: FixedQParamsQuantizationSpec  # outputs in [0, 1]: sigmoid
     signed_unit_interval: FixedQParamsQuantizationSpec  # outputs in [-1, 1]: tanh
-    zero_to_six: FixedQParamsQuantizationSpec  # outputs in [0, 6]: relu6(x + 3) inside hardsigmoid
+    zero_to_six: FixedQParamsQuantizationSpec  # relu6(x + 3) inside hardsigmoid
+    hard_sigmoid: FixedQParamsQuantizationSpec  # its "* 1/6": the same grid, rescaled
     float_stem: bool = True  # policy, not a spec: the RGB stem conv may compute in float (_is_float_stem)
 
     @classmethod
@@ -118,10 +119,16 @@ class QuantSpecs:
             dtype=torch.uint8, scale=2.0 / 256.0, zero_point=128, quant_min=0, quant_max=255,
             qscheme=torch.per_tensor_affine,
         )
-        # 6/255 here and 1/255 for the unit interval: the "* 1/6" of hardsigmoid maps one grid onto
-        # the other exactly, so it is a rescale, not a requantization.
+        # relu6(x + 3) on a grid of 6/256 (top step 5.977, so ORT still drops the clip), then "* 1/6"
+        # onto 1/256: one grid onto the other exactly, a rescale, not a requantization. Not 6/255:
+        # there x = 0 gives 3 / (6/255) = 127.5 steps, a tie that torch's float quantize and ORT's
+        # integer add break differently (measured: 5 % of a MobileNetV3 stem, 1 step each).
         zero_to_six = FixedQParamsQuantizationSpec(
-            dtype=torch.uint8, scale=6.0 / 255.0, zero_point=0, quant_min=0, quant_max=255,
+            dtype=torch.uint8, scale=6.0 / 256.0, zero_point=0, quant_min=0, quant_max=255,
+            qscheme=torch.per_tensor_affine,
+        )
+        hard_sigmoid = FixedQParamsQuantizationSpec(
+            dtype=torch.uint8, scale=1.0 / 256.0, zero_point=0, quant_min=0, quant_max=255,
             qscheme=torch.per_tensor_affine,
         )
         unit = FixedQParamsQuantizationSpec(
@@ -129,7 +136,7 @@ class QuantSpecs:
             qscheme=torch.per_tensor_affine,
         )
         return cls(activation=activation, weight=weight, unit_interval=unit, signed_unit_interval=signed,
-                   zero_to_six=zero_to_six)
+                   zero_to_six=zero_to_six, hard_sigmoid=hard_sigmoid)
 
 
 Annotator = Callable[[GraphModule, QuantSpecs, NodeFilter], None]
@@ -326,7 +333,7 @@ def _annotate_hard_sigmoids(gm: GraphModule, specs: QuantSpecs, allowed: NodeFil
         x, offset = add.args
         _annotate(add, {x: specs.activation, offset: specs.activation})
         _annotate(clamp, output=specs.zero_to_six)
-        _annotate(scale, {clamp: SharedQuantizationSpec(clamp)}, specs.unit_interval)
+        _annotate(scale, {clamp: SharedQuantizationSpec(clamp)}, specs.hard_sigmoid)
 
 
 def _annotate_binary(
@@ -377,13 +384,19 @@ def _annotate_cats(gm: GraphModule, specs: QuantSpecs, allowed: NodeFilter) -> N
 
 @register_annotator("avg_pool")
 def _annotate_avg_pools(gm: GraphModule, specs: QuantSpecs, allowed: NodeFilter) -> None:
-    """Average pools keep their input's scale: QLinear(Global)AveragePool."""
+    """Average pools with their own output scale: QLinear(Global)AveragePool.
+
+    Not the input's scale: a mean of n values on one grid lands exactly halfway between two steps
+    of that grid once in ~n/2 cases (1.5 % at 8x8), and such ties round one way in ORT's integer
+    kernel and either way in torch's float mean, depending on summation order. With a scale of its
+    own (the mean's range is narrower, so the grid is also finer) ties practically never occur.
+    """
     pools = {aten.adaptive_avg_pool2d.default, aten.avg_pool2d.default}
     for pool in _calls(gm, pools):
         x = pool.args[0]
         if _is_annotated(pool) or not allowed(pool) or not _is_float_tensor(x):
             continue
-        _annotate(pool, {x: specs.activation}, SharedQuantizationSpec((x, pool)))
+        _annotate(pool, {x: specs.activation}, specs.activation)
 
 
 # Output range known in advance: fixed qparams, no observer to learn.

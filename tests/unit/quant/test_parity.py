@@ -10,11 +10,13 @@ import torch
 from edgeqat.quant import assert_integer_kernels, evaluate_onnx, file_size_mb, inspect_ort_graph, run_onnx
 from tests.unit.quant.conftest import PARITY_MODELS
 
-# Stated tolerance: the converted torch graph computes what fake-quant computes (within 1 output
-# quantization step, output scale = range / 255: only float rounding at a requantization may differ);
-# ORT's integer kernels within 3 steps; top-1 agrees on >= 99% of 256 structured inputs.
-MAX_STEPS_CONVERTED = 1
-MAX_STEPS = 3
+# Stated tolerance, in output quantization steps (range / 255): the converted torch graph and ORT's
+# integer kernels compute what fake-quant computes (int32 bias rounding and hardsigmoid grid included),
+# so only float summation order may flip a requantization: at most 1 step anywhere, and on average at
+# most 0.001 step (one output in 1024 one step off). Measured before those two fixes: 0.04 (test_resnet,
+# bias), 0.006 (tiny_mobile, bias + the 6/255 hardsigmoid grid alone 0.002), 0.012 (tiny_shuffle).
+MAX_STEPS = 1
+MEAN_STEPS = 0.001
 MIN_AGREEMENT = 0.99
 
 
@@ -31,8 +33,9 @@ def test_fake_quant_converted_and_ort_agree(artifacts, name: str) -> None:
     converted = _logits(a.converted, a.images)
     ort = run_onnx(a.int8_onnx, a.images)
     step = (fake_quant.max() - min(fake_quant.min(), 0.0)) / 255
-    for other, label, steps in ((converted, "converted", MAX_STEPS_CONVERTED), (ort, "ORT INT8", MAX_STEPS)):
-        assert np.abs(fake_quant - other).max() <= steps * step * 1.001, f"{label} drifts from fake-quant"
+    for other, label in ((converted, "converted"), (ort, "ORT INT8")):
+        assert np.abs(fake_quant - other).max() <= MAX_STEPS * step * 1.001, f"{label} drifts from fake-quant"
+        assert np.abs(fake_quant - other).mean() <= MEAN_STEPS * step, f"{label} drifts from fake-quant on average"
         assert (fake_quant.argmax(1) == other.argmax(1)).mean() >= MIN_AGREEMENT, label
     result = evaluate_onnx(a.int8_onnx, a.images, a.labels, reference_logits=fake_quant)
     assert result.top1_agreement is not None and result.top1_agreement >= MIN_AGREEMENT
