@@ -71,6 +71,8 @@ class QuantConfig:
     qat_scheduler: Any = None  # Hydra partial taking ``optimizer``, stepped per QAT epoch; None: constant lr
     freeze_observer_epoch: Optional[int] = None  # QAT epoch (0-based) from which scales stay fixed
     freeze_bn_epoch: Optional[int] = None  # QAT epoch from which BN running statistics stay fixed
+    distill_weight: float = 0.0  # share of the QAT loss matching the FP32 model's outputs (0: labels only)
+    distill_temperature: float = 2.0
     init_checkpoint: Optional[str] = None  # FP32 weights to start from: a .ckpt path or a runs:/ URI
     float_modules: list[str] = field(default_factory=list)  # submodules kept float (fallback for odd ops)
     ptq_baseline: bool = False  # also quantize the FP32 model with ORT static PTQ (test/acc_ptq)

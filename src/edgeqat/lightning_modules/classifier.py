@@ -14,6 +14,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from edgeqat.lightning_modules.distillation import Distillation
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
@@ -28,11 +30,12 @@ class ClassifierModule(L.LightningModule):
         num_classes: classifier width, for the metrics.
         class_names: names used for per-class metric keys.
         test_tag: suffix of the test metric (``test/acc_<tag>``): ``fp32`` or ``qat``.
+        distillation: training loss also matches a teacher's outputs (QAT from the FP32 model).
     """
 
     def __init__(self, backbone: nn.Module, optimizer: OptimizerFactory, num_classes: int,
                  scheduler: SchedulerFactory | None = None, class_names: Sequence[str] | None = None,
-                 test_tag: str = "fp32") -> None:
+                 test_tag: str = "fp32", distillation: Distillation | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.optimizer_factory = optimizer
@@ -43,6 +46,7 @@ class ClassifierModule(L.LightningModule):
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class names for num_classes={num_classes}")
         self.test_tag = test_tag
+        self.distillation = distillation
         # ModuleDict keys may not shadow nn.Module attributes (``train``), hence the ``_metrics`` suffix.
         self.metrics = nn.ModuleDict({
             f"{stage}_metrics": MetricCollection({
@@ -60,7 +64,10 @@ class ClassifierModule(L.LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        if stage == "train" and self.distillation is not None:
+            loss = self.distillation.loss(x, logits, y)
+        else:
+            loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{stage} loss is {loss.item()}: lower the learning rate or check the inputs")
         self.metrics[f"{stage}_metrics"].update(logits.detach(), y)

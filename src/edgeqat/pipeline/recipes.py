@@ -6,6 +6,7 @@ returns the INT8 model it made (or None for ``fp32``). Verification is the same 
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 
 from edgeqat.data import ClassificationDataModule
 from edgeqat.errors import EdgeqatError
-from edgeqat.lightning_modules import ClassifierModule
+from edgeqat.lightning_modules import ClassifierModule, Distillation
 from edgeqat.pipeline.trainer import fit_and_test, make_trainer
 from edgeqat.tracking import RunContext
 
@@ -100,6 +101,7 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
     from edgeqat.quant import QATSchedule, convert, export_onnx, prepare_qat
 
     q = ctx.cfg.quant
+    teacher = copy.deepcopy(ctx.module.backbone).eval() if q.distill_weight > 0 else None
     prepared = prepare_qat(ctx.module.backbone.eval(), ctx.example_input(), float_modules=list(q.float_modules))
     qat_module = ClassifierModule(
         backbone=prepared,
@@ -109,6 +111,7 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
         num_classes=ctx.datamodule.num_classes,
         class_names=ctx.datamodule.class_names,
         test_tag="qat",
+        distillation=Distillation(teacher, q.distill_weight, q.distill_temperature) if teacher is not None else None,
     )
     trainer, checkpoint = make_trainer(
         ctx.cfg, ctx.run, "qat", q.qat_epochs, epoch_offset=ctx.fp32_epochs, total_epochs=ctx.total_epochs,

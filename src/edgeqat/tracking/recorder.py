@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH_METRICS = 1000  # MLflow's log_batch limits
 MAX_BATCH_PARAMS_TAGS = 100
 WINDOWED_OPS = ("metrics", "tags")  # frequent and small: worth holding back briefly to send together
+DEFAULT_BATCH_WINDOW_S = 3.0
 
 
 def configure_http_retries(max_retries: int = 3, backoff_factor: int = 1, timeout_s: int = 20) -> None:
@@ -53,7 +54,7 @@ class RunRecorder:
     """
 
     def __init__(self, client: Any | None, run_id: str, staging_dir: Path, spool_dir: Path,
-                 max_backoff_s: float = 5.0, batch_window_s: float = 3.0) -> None:
+                 max_backoff_s: float = 5.0, batch_window_s: float = DEFAULT_BATCH_WINDOW_S) -> None:
         self.client, self.run_id = client, run_id
         self.staging_dir, self.spool_dir = Path(staging_dir), Path(spool_dir)
         self.max_backoff_s, self.batch_window_s = max_backoff_s, batch_window_s

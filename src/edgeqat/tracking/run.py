@@ -22,7 +22,7 @@ from typing import Any
 
 from edgeqat.errors import EdgeqatError
 from edgeqat.tracking.params import flatten_config
-from edgeqat.tracking.recorder import RunRecorder, configure_http_retries
+from edgeqat.tracking.recorder import DEFAULT_BATCH_WINDOW_S, RunRecorder, configure_http_retries
 from edgeqat.tracking.secrets import scrub_secrets
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -117,7 +117,7 @@ def _raise_preempted(signum: int, frame: Any) -> None:
 @contextmanager
 def tracked_run(tracking_uri: str | None, experiment_name: str, output_dir: Path, run_name: str | None = None,
                 tags: Mapping[str, str] | None = None, close_timeout_s: float = 60.0,
-                batch_window_s: float = 3.0) -> Iterator[RunContext]:
+                batch_window_s: float = DEFAULT_BATCH_WINDOW_S) -> Iterator[RunContext]:
     """Yield the run; end it FINISHED, FAILED (with ``edgeqat.failure`` + traceback) or KILLED.
 
     Only global rank zero owns the run. Lightning's DDP launcher re-runs this job for the other
