@@ -18,6 +18,8 @@ QDQ fusions on x86:
   so they stay short float islands between integer neighbours (listed by ``inspect_ort_graph``);
 * data-movement ops (max pool, reshape, split, index_select, ...) share their input's qparams, so
   ORT drops their Q/DQ pairs and moves uint8 data;
+* biases are not annotated: ORT rounds them to int32 itself; ``bias_rounding`` makes the fake-quant
+  graph and the converted one compute that same rounding;
 * an RGB stem conv without a max pool after it computes in float (ORT's u8s8 kernel is slower
   than its FP32 one for 3 input channels); only its output is quantized.
 
