@@ -94,6 +94,11 @@ def bench(name: str, args: argparse.Namespace, work: Path) -> dict:
     freeze_bn_stats(prepared)
     int8 = export_onnx(convert(prepared), example, work / f"{name}_int8.onnx")
     paths = {"fp32": fp32, "int8": int8}
+    float_stem = prepare_qat(model, torch.randn(2, 3, args.train_res, args.train_res), float_stem=True)
+    sgd_steps(float_stem, steps=args.qat_steps, res=args.train_res, lr=0.001, seed=1)
+    float_stem_int8 = export_onnx(convert(float_stem), example, work / f"{name}_int8_float_stem.onnx")
+    if inspect_ort_graph(float_stem_int8).count("Conv"):  # the option applies: time it too
+        paths["int8_float_stem"] = float_stem_int8
     if args.ptq:
         g = torch.Generator().manual_seed(2)
         calib = [torch.randn(1, 3, args.res, args.res, generator=g).numpy() for _ in range(4)]
@@ -139,8 +144,9 @@ def main() -> None:
             r = bench(name, args, Path(tmp))
             results[name] = r
             line = f"{name:24s} fp32 {r['fp32']['latency_ms']:7.2f} ms {r['fp32']['size_mb']:6.2f} MB | int8 {r['int8']['latency_ms']:7.2f} ms x{r['int8']['speedup']:.2f} size {r['int8']['size_ratio']:.3f}"
-            if "ptq" in r:
-                line += f" | ptq x{r['ptq']['speedup']:.2f}"
+            for variant in ("int8_float_stem", "ptq"):
+                if variant in r:
+                    line += f" | {variant} x{r[variant]['speedup']:.2f}"
             print(line, flush=True)
     meta = {
         **machine_facts(), "ort_threads": args.threads, "batch": 1, "resolution": args.res,

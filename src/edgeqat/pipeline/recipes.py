@@ -102,7 +102,8 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
 
     q = ctx.cfg.quant
     teacher = copy.deepcopy(ctx.module.backbone).eval() if q.distill_weight > 0 else None
-    prepared = prepare_qat(ctx.module.backbone.eval(), ctx.example_input(), float_modules=list(q.float_modules))
+    prepared = prepare_qat(ctx.module.backbone.eval(), ctx.example_input(), float_modules=list(q.float_modules),
+                          float_stem=q.float_stem)
     qat_module = ClassifierModule(
         backbone=prepared,
         optimizer=functools.partial(instantiate(q.qat_optimizer) if q.qat_optimizer else ctx.module.optimizer_factory,

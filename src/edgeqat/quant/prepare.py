@@ -28,6 +28,7 @@ def prepare_qat(
     example_input: torch.Tensor,
     *,
     float_modules: Sequence[str] = (),
+    float_stem: bool = False,
 ) -> QATModel:
     """Export ``model`` and insert QAT fake-quant; returns the trainable fake-quant model.
 
@@ -40,6 +41,8 @@ def prepare_qat(
         model: FP32 model, ideally trained (QAT fine-tunes; it does not train from scratch).
         example_input: one batch shaped like the training input (N, C, H, W).
         float_modules: qualified submodule names to keep in float.
+        float_stem: let an RGB stem conv with no max pool after it compute in float (faster in ORT
+            for MobileNetV3, see ``EdgeQuantizer``); default: every conv is integer.
 
     Raises:
         QuantizationError: a BatchNorm weight is exactly zero, a parameter is not finite, a name in
@@ -54,7 +57,7 @@ def prepare_qat(
 
     try:
         with only_present_conv_kinds(graph):
-            prepared = prepare_qat_pt2e(graph, EdgeQuantizer(float_modules=float_modules))
+            prepared = prepare_qat_pt2e(graph, EdgeQuantizer(float_modules=float_modules, float_stem=float_stem))
     except Exception as exc:  # torchao raises plain exceptions/asserts
         raise QuantizationError(
             f"[{QuantStep.PREPARE.value}] inserting fake-quant failed: {type(exc).__name__}: {exc}. "

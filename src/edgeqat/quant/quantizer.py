@@ -20,8 +20,9 @@ QDQ fusions on x86:
   ORT drops their Q/DQ pairs and moves uint8 data;
 * biases are not annotated: ORT rounds them to int32 itself; ``bias_rounding`` makes the fake-quant
   graph and the converted one compute that same rounding;
-* an RGB stem conv without a max pool after it computes in float (ORT's u8s8 kernel is slower
-  than its FP32 one for 3 input channels); only its output is quantized.
+* every conv is integer by default; with ``float_stem`` an RGB stem conv without a max pool after
+  it computes in float (ORT's u8s8 kernel is slower than its FP32 one for 3 input channels) and
+  only its output is quantized: a speed option for MobileNetV3, reported as a float node.
 
 Annotators are registered in order; the first one to claim a node wins.
 """
@@ -98,7 +99,7 @@ class QuantSpecs:
     signed_unit_interval: FixedQParamsQuantizationSpec  # outputs in [-1, 1]: tanh
     zero_to_six: FixedQParamsQuantizationSpec  # relu6(x + 3) inside hardsigmoid
     hard_sigmoid: FixedQParamsQuantizationSpec  # its "* 1/6": the same grid, rescaled
-    float_stem: bool = True  # policy, not a spec: the RGB stem conv may compute in float (_is_float_stem)
+    float_stem: bool = False  # policy, not a spec: the RGB stem conv may compute in float (_is_float_stem)
 
     @classmethod
     def create(cls, qat: bool = True) -> QuantSpecs:
@@ -175,7 +176,7 @@ class EdgeQuantizer(Quantizer):
     """
 
     def __init__(
-        self, float_modules: Sequence[str] = (), qat: bool = True, rewrites: bool = True, float_stem: bool = True
+        self, float_modules: Sequence[str] = (), qat: bool = True, rewrites: bool = True, float_stem: bool = False
     ) -> None:
         super().__init__()
         self.float_modules = tuple(float_modules)
