@@ -20,16 +20,18 @@ So the torch side computes the same thing ORT will:
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import nn
 from torch.fx import GraphModule, Node
+
+from edgeqat.quant.quantizer import _CONV, _LINEAR, _sole_user
 
 __all__ = ["BiasRounding", "insert_bias_rounding", "remove_bias_rounding", "round_bias", "round_converted_biases",
            "set_bias_rounding_mode"]
 
 aten = torch.ops.aten
-_CONV = {aten.conv1d.default, aten.conv2d.default}
-_LINEAR = {aten.linear.default}
 _INT32 = torch.iinfo(torch.int32)
 
 
@@ -88,13 +90,6 @@ def _fake_quant_module(gm: GraphModule, node: object) -> str | None:
     return None
 
 
-def _sole_user(node: Node, targets: set) -> Node | None:
-    users = list(node.users)
-    if len(users) == 1 and users[0].op == "call_function" and users[0].target in targets:
-        return users[0]
-    return None
-
-
 def _folded_bn(conv: Node) -> tuple[Node, Node | None] | None:
     """(batch_norm, conv bias) of torchao's QAT conv-BN pattern ``conv / sf [+ bias] -> batch_norm``."""
     div = _sole_user(conv, {aten.div.Tensor})
@@ -131,12 +126,12 @@ def insert_bias_rounding(gm: GraphModule) -> int:
             bn_args = (*after.args[1:5], after.args[7])
         name = f"bias_rounding_{count}"
         gm.add_submodule(name, BiasRounding(1 if op.target in _CONV else -1, folds_bn=folded is not None))
-        with gm.graph.inserting_after(after):  # each insert goes right after ``after``: reverse order
-            node = gm.graph.call_module(name, (after, None, None, bias, bn_args))
-            weight_scale = gm.graph.get_attr(f"{weight_fq}.scale")
+        with gm.graph.inserting_after(after):
             input_scale = gm.graph.get_attr(f"{input_fq}.scale")
-        node.update_arg(1, input_scale)
-        node.update_arg(2, weight_scale)
+        with gm.graph.inserting_after(input_scale):
+            weight_scale = gm.graph.get_attr(f"{weight_fq}.scale")
+        with gm.graph.inserting_after(weight_scale):
+            node = gm.graph.call_module(name, (after, input_scale, weight_scale, bias, bn_args))
         after.replace_all_uses_with(node, delete_user_cb=lambda user: user is not node)
         count += 1
     if count:
@@ -162,17 +157,10 @@ def set_bias_rounding_mode(gm: nn.Module, bn_uses_running_stats: bool) -> None:
             module.active = bn_uses_running_stats
 
 
-def _attr(root: nn.Module, target: str) -> torch.Tensor:
-    obj = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _constant(gm: GraphModule, arg: object) -> torch.Tensor | None:
     """A scale argument of a dequantize call: a literal or a constant attribute."""
     if isinstance(arg, Node) and arg.op == "get_attr":
-        return _attr(gm, arg.target)
+        return operator.attrgetter(arg.target)(gm)
     if isinstance(arg, (int, float)):
         return torch.tensor(float(arg))
     return None
@@ -193,7 +181,7 @@ def round_converted_biases(gm: GraphModule) -> int:
         x_scale, w_scale = _constant(gm, x_dq.args[1]), _constant(gm, w_dq.args[1])
         if x_scale is None or w_scale is None:
             continue
-        b = _attr(gm, bias.target)
+        b = operator.attrgetter(bias.target)(gm)
         with torch.no_grad():
             b.copy_(round_bias(b, x_scale * w_scale))
         count += 1

@@ -390,7 +390,7 @@ def _annotate_avg_pools(gm: GraphModule, specs: QuantSpecs, allowed: NodeFilter)
     """Average pools with their own output scale: QLinear(Global)AveragePool.
 
     Not the input's scale: a mean of n values on one grid lands exactly halfway between two steps
-    of that grid once in ~n/2 cases (1.5 % at 8x8), and such ties round one way in ORT's integer
+    of that grid once in ~n cases (1.6 % at 8x8), and such ties round one way in ORT's integer
     kernel and either way in torch's float mean, depending on summation order. With a scale of its
     own (the mean's range is narrower, so the grid is also finer) ties practically never occur.
     """
