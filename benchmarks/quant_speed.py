@@ -23,6 +23,7 @@ from torch import nn
 
 from _machine import machine_facts
 from edgeqat.quant import (
+    amx_int8_available,
     convert,
     export_onnx,
     file_size_mb,
@@ -92,11 +93,17 @@ def bench(name: str, args: argparse.Namespace, work: Path) -> dict:
     sgd_steps(prepared, steps=args.qat_steps, res=args.train_res, lr=0.001, seed=1)
     freeze_observers(prepared)
     freeze_bn_stats(prepared)
-    int8 = export_onnx(convert(prepared), example, work / f"{name}_int8.onnx")
+    converted = convert(prepared)
+    # The pipeline's default (quant.ort_gemm_convs=null): deep convs on the AMX GEMM where the CPU has it.
+    gemm = amx_int8_available() if args.gemm_convs is None else args.gemm_convs
+    int8 = export_onnx(converted, example, work / f"{name}_int8.onnx", ort_gemm_convs=gemm)
     paths = {"fp32": fp32, "int8": int8}
+    if gemm:  # the same INT8 model on ORT's symmetric conv kernel only, for the side-by-side
+        paths["int8_symmetric"] = export_onnx(converted, example, work / f"{name}_int8_symmetric.onnx")
     float_stem = prepare_qat(model, torch.randn(2, 3, args.train_res, args.train_res), float_stem=True)
     sgd_steps(float_stem, steps=args.qat_steps, res=args.train_res, lr=0.001, seed=1)
-    float_stem_int8 = export_onnx(convert(float_stem), example, work / f"{name}_int8_float_stem.onnx")
+    float_stem_int8 = export_onnx(convert(float_stem), example, work / f"{name}_int8_float_stem.onnx",
+                                  ort_gemm_convs=gemm)
     if inspect_ort_graph(float_stem_int8).count("Conv"):  # the option applies: time it too
         paths["int8_float_stem"] = float_stem_int8
     if args.ptq:
@@ -111,6 +118,7 @@ def bench(name: str, args: argparse.Namespace, work: Path) -> dict:
             "latency_ms": round(latency[key], 3),
             "size_mb": round(file_size_mb(path), 3),
             "kernels": {k: report.count(k) for k in KERNELS if report.count(k)},
+            "qlinearconv_kernels": report.conv_kernels,
         }
         if key != "fp32":
             result[key]["speedup"] = round(latency["fp32"] / latency[key], 3)
@@ -135,6 +143,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--no-ptq", dest="ptq", action="store_false")
+    parser.add_argument("--gemm-convs", type=lambda v: {"true": True, "false": False}[v.lower()], default=None,
+                        help="quant.ort_gemm_convs: true/false (default: where the CPU has AMX int8)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quant_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -144,12 +154,12 @@ def main() -> None:
             r = bench(name, args, Path(tmp))
             results[name] = r
             line = f"{name:24s} fp32 {r['fp32']['latency_ms']:7.2f} ms {r['fp32']['size_mb']:6.2f} MB | int8 {r['int8']['latency_ms']:7.2f} ms x{r['int8']['speedup']:.2f} size {r['int8']['size_ratio']:.3f}"
-            for variant in ("int8_float_stem", "ptq"):
+            for variant in ("int8_symmetric", "int8_float_stem", "ptq"):
                 if variant in r:
                     line += f" | {variant} x{r[variant]['speedup']:.2f}"
             print(line, flush=True)
     meta = {
-        **machine_facts(), "ort_threads": args.threads, "batch": 1, "resolution": args.res,
+        **machine_facts(), "amx_int8": amx_int8_available(), "ort_threads": args.threads, "batch": 1, "resolution": args.res,
         "num_classes": args.num_classes, "method": "median of per-round medians, FP32/INT8 interleaved",
         "rounds": args.rounds, "iters": args.iters,
     }

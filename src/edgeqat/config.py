@@ -77,6 +77,8 @@ class QuantConfig:
     float_modules: list[str] = field(default_factory=list)  # submodules kept float (fallback for odd ops)
     # True: an RGB stem conv without a max pool after it computes in float (MobileNetV3 in ORT: 0.86x -> 0.95x)
     float_stem: bool = False
+    # Deep convs on ORT's AMX int8 GEMM, same outputs (quant/gemm_routing.py); None: where this CPU has AMX
+    ort_gemm_convs: Optional[bool] = None
     ptq_baseline: bool = False  # also quantize the FP32 model with ORT static PTQ (test/acc_ptq)
     calibration_batches: int = 8
     benchmark_resolutions: list[int] = field(default_factory=lambda: [224])

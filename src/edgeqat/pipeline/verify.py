@@ -61,6 +61,7 @@ def verify(ctx: JobContext, fp32_onnx: Path, int8: Int8Model | None) -> dict[str
             "int8/acc_drop": ctx.metrics.get("test/acc_fp32", fp32_result.accuracy) - result.accuracy,
             "int8/size_mb": file_size_mb(int8.path),
             "int8/qlinearconv": float(report.count("QLinearConv")),
+            "int8/qlinearconv_gemm": float(report.conv_kernels.get("gemm", 0)),
             "int8/float_conv": float(report.count("Conv") + report.count("FusedConv")),
             "int8/float_nodes": float(len(report.float_nodes)),
             **_latency(ctx, int8.path, "int8"),

@@ -11,6 +11,7 @@ post-training baseline.
 
 from edgeqat.quant.convert import convert
 from edgeqat.quant.errors import QuantizationError
+from edgeqat.quant.gemm_routing import amx_int8_available, route_deep_convs_to_gemm
 from edgeqat.quant.onnx_export import export_onnx
 from edgeqat.quant.ptq import ptq_onnx
 from edgeqat.quant.schedule import QATSchedule
@@ -30,6 +31,7 @@ __all__ = [
     "QuantStep",
     "QuantizationError",
     "VerifyResult",
+    "amx_int8_available",
     "assert_integer_kernels",
     "convert",
     "evaluate_onnx",
@@ -41,5 +43,6 @@ __all__ = [
     "measure_latency_ms",
     "prepare_qat",
     "ptq_onnx",
+    "route_deep_convs_to_gemm",
     "run_onnx",
 ]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from edgeqat.quant.errors import QuantizationError
+from edgeqat.quant.gemm_routing import route_deep_convs_to_gemm
 from edgeqat.quant.onnx_passes import apply_onnx_passes
 from edgeqat.quant.steps import QuantStep
 
@@ -20,12 +21,15 @@ log = logging.getLogger(__name__)
 _PROTOBUF_LIMIT = 2_000_000_000  # bytes; bigger models need external data
 
 
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
+def export_onnx(
+    model: nn.Module, example_input: torch.Tensor, path: str | Path, ort_gemm_convs: bool = False
+) -> Path:
     """Export with the dynamo exporter, batch axis dynamic, then apply ``onnx_passes``.
 
     For a converted model the weights end up as int8 initializers feeding DequantizeLinear; the
     same call exports the FP32 sibling artifact from the float model. The file is self-contained
     unless it exceeds protobuf's 2 GB limit (then weights go to ``<name>.data`` beside it).
+    ``ort_gemm_convs`` sends deep convs to ORT's AMX int8 GEMM, same outputs (``gemm_routing``).
 
     Raises:
         QuantizationError: the exporter failed (message names the op it could not translate).
@@ -58,6 +62,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
         model.train(was_training)
     proto = program.model_proto
     counts = apply_onnx_passes(proto)
+    if ort_gemm_convs:
+        counts["route_deep_convs_to_gemm"] = route_deep_convs_to_gemm(proto)
     log.debug("ONNX passes on %s: %s", path.name, counts)
     external = proto.ByteSize() > _PROTOBUF_LIMIT
     data_path = path.with_name(path.name + ".data")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeqat.quant.errors import QuantizationError
+from edgeqat.quant.gemm_routing import weight_zero_point_is_zero
 from edgeqat.quant.ort_session import cpu_session
 from edgeqat.quant.steps import QuantStep
 
@@ -72,6 +73,8 @@ class GraphReport:
 
     op_counts: dict[str, int]
     float_nodes: list[FloatNode] = field(default_factory=list)
+    # QLinearConv by the MLAS kernel its weight zero point selects: "symmetric_conv" or "gemm" (gemm_routing)
+    conv_kernels: dict[str, int] = field(default_factory=dict)
 
     @property
     def integer_op_count(self) -> int:
@@ -86,6 +89,7 @@ class GraphReport:
         return {
             "op_counts": dict(sorted(self.op_counts.items())),
             "integer_op_count": self.integer_op_count,
+            "qlinearconv_kernels": dict(sorted(self.conv_kernels.items())),
             "float_ops": dict(collections.Counter(n.op_type for n in self.float_nodes)),
             "float_nodes": [asdict(n) for n in self.float_nodes],
         }
@@ -116,7 +120,7 @@ def inspect_ort_graph(onnx_path: str | Path) -> GraphReport:
         model = onnx.load(str(optimized))
     nodes = list(model.graph.node)
     op_counts = dict(collections.Counter(n.op_type for n in nodes))
-    return GraphReport(op_counts=op_counts, float_nodes=_float_nodes(model))
+    return GraphReport(op_counts=op_counts, float_nodes=_float_nodes(model), conv_kernels=_conv_kernels(model))
 
 
 def assert_integer_kernels(report: GraphReport, what: str = "the INT8 model") -> None:
@@ -151,6 +155,19 @@ def _float_nodes(model: onnx.ModelProto) -> list[FloatNode]:
         name = node.name or f"<unnamed, output {node.output[0]}>"
         result.append(FloatNode(name, node.op_type, _reason(node, data_inputs, context)))
     return result
+
+
+def _conv_kernels(model: onnx.ModelProto) -> dict[str, int]:
+    """Count QLinearConv nodes by the kernel ORT picks from their weight zero point."""
+    from onnx import numpy_helper
+
+    zero_points = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    kernels: collections.Counter[str] = collections.Counter()
+    for node in model.graph.node:
+        if node.op_type == "QLinearConv":
+            zero_point = zero_points.get(node.input[5]) if len(node.input) > 5 else None
+            kernels["symmetric_conv" if weight_zero_point_is_zero(zero_point) else "gemm"] += 1
+    return dict(kernels)
 
 
 def _infer_float_values(graph: onnx.GraphProto) -> dict[str, bool]:

@@ -33,7 +33,7 @@ def test_recipes_registered() -> None:
 
 @pytest.mark.slow
 def test_qat_int8_metrics_come_from_the_exported_file(compose, tracking_uri: str, tmp_path: Path) -> None:
-    cfg = compose(*TINY_QAT, "quant=qat_int8", "quant.ptq_baseline=true")
+    cfg = compose(*TINY_QAT, "quant=qat_int8", "quant.ptq_baseline=true", "quant.ort_gemm_convs=true")
     result = train(cfg)
     run = _run(tracking_uri, result.run_id)
     m = run.data.metrics
@@ -44,6 +44,9 @@ def test_qat_int8_metrics_come_from_the_exported_file(compose, tracking_uri: str
     assert m["int8/acc_drop"] == pytest.approx(m["test/acc_fp32"] - m["test/acc_int8"])
     assert m["int8/top1_agreement"] >= 0.97  # fake-quant torch vs ORT INT8 on the test split
     assert m["int8/qlinearconv"] > 0 and m["int8/size_ratio"] < 0.4
+    # quant.ort_gemm_convs: test_resnet's two deep layer4 convs run on ORT's GEMM kernel, as report.json says
+    report = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/report.json")
+    assert report["qlinearconv_kernels"]["gemm"] == m["int8/qlinearconv_gemm"] == 2
     # FP32 trained with AdamW (optim=adamw); QAT fine-tuned with quant.qat_optimizer at quant.qat_lr
     assert "lr-AdamW" in m and m["lr-SGD"] == pytest.approx(cfg.quant.qat_lr)
     assert {"int8/model.onnx", "int8/report.json", "int8/verification.json", "int8/per_class_damage.json",
