@@ -109,7 +109,7 @@ def bench(name: str, args: argparse.Namespace, work: Path) -> dict:
     if args.ptq:
         g = torch.Generator().manual_seed(2)
         calib = [torch.randn(1, 3, args.res, args.res, generator=g).numpy() for _ in range(4)]
-        paths["ptq"] = ptq_onnx(fp32, calib, work / f"{name}_ptq.onnx")
+        paths["ptq"] = ptq_onnx(fp32, calib, work / f"{name}_ptq.onnx", ort_gemm_convs=gemm)
     latency = interleaved_latency(paths, (1, 3, args.res, args.res), args.threads, args.rounds, args.iters)
     result: dict = {"model": name}
     for key, path in paths.items():

@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from edgeqat.quant.errors import QuantizationError
+from edgeqat.quant.gemm_routing import route_deep_convs_to_gemm
 
 __all__ = ["ptq_onnx"]
 
 
-def ptq_onnx(fp32_onnx: str | Path, calibration: Iterable[np.ndarray], out: str | Path) -> Path:
+def ptq_onnx(
+    fp32_onnx: str | Path, calibration: Iterable[np.ndarray], out: str | Path, ort_gemm_convs: bool = False
+) -> Path:
     """QDQ, per-channel int8 weights, uint8 activations, MinMax calibration (ORT ``quantize_static``).
 
     Same number formats as the QAT artifact, so the two compare like for like.
@@ -22,6 +25,7 @@ def ptq_onnx(fp32_onnx: str | Path, calibration: Iterable[np.ndarray], out: str 
         fp32_onnx: the FP32 model from ``export_onnx``.
         calibration: batches (N, C, H, W) float32, normalized as in training.
         out: where to write the quantized model.
+        ort_gemm_convs: send deep convs to ORT's AMX int8 GEMM, as ``export_onnx`` does (``gemm_routing``).
 
     Raises:
         QuantizationError: no calibration batch, or ORT's quantizer failed.
@@ -52,13 +56,13 @@ def ptq_onnx(fp32_onnx: str | Path, calibration: Iterable[np.ndarray], out: str 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "preprocessed.onnx"
+        pre, quantized = Path(tmp) / "preprocessed.onnx", Path(tmp) / "quantized.onnx"
         try:
             # ONNX's own shape inference suffices for CNNs; ORT's symbolic one gives up on our dynamic H/W
             # graphs and then leaves sym_shape_infer_temp.onnx (+ a .data file) in the working directory.
             quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
             quantize_static(
-                str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                str(pre), str(quantized), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
             )
@@ -66,4 +70,8 @@ def ptq_onnx(fp32_onnx: str | Path, calibration: Iterable[np.ndarray], out: str 
             raise QuantizationError(
                 f"ORT static quantization of {fp32_onnx} failed: {type(exc).__name__}: {exc}"
             ) from exc
+        model = onnx.load(str(quantized))
+    if ort_gemm_convs:
+        route_deep_convs_to_gemm(model)
+    onnx.save(model, str(out))
     return out

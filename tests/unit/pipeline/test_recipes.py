@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from edgeqat.pipeline import list_recipes
+from edgeqat.pipeline.recipes import _gemm_convs
 from edgeqat.quant import evaluate_onnx
 from edgeqat.train import build, train
 
@@ -70,6 +71,15 @@ def test_qat_int8_metrics_come_from_the_exported_file(compose, tracking_uri: str
         m["test/acc_int8"], abs=1e-3)
     tags = run.data.tags
     assert tags["edgeqat.phase"] == "verify" and tags["edgeqat.progress"] == "100"
+
+
+@pytest.mark.parametrize(("setting", "amx", "expected"), [
+    ("null", True, True), ("null", False, False), ("true", False, True), ("false", True, False),
+])
+def test_ort_gemm_convs_null_follows_the_cpu(compose, monkeypatch, setting: str, amx: bool, expected: bool) -> None:
+    monkeypatch.setattr("edgeqat.quant.amx_int8_available", lambda: amx)
+    assert compose().quant.ort_gemm_convs is None  # the default: decided by the exporting CPU
+    assert _gemm_convs(compose(f"quant.ort_gemm_convs={setting}").quant) is expected
 
 
 def test_ptq_int8_recipe(compose, tracking_uri: str) -> None:

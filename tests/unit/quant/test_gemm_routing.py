@@ -10,7 +10,14 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeqat.quant import amx_int8_available, export_onnx, inspect_ort_graph, route_deep_convs_to_gemm, run_onnx
+from edgeqat.quant import (
+    amx_int8_available,
+    export_onnx,
+    inspect_ort_graph,
+    ptq_onnx,
+    route_deep_convs_to_gemm,
+    run_onnx,
+)
 from edgeqat.quant.gemm_routing import DEFAULT_MIN_DEPTH
 
 # (name, in_channels, out_channels, kernel, groups, routed?) chained in this order, 8x8 input.
@@ -104,3 +111,13 @@ def test_amx_detection_reads_cpu_flags(tmp_path: Path, monkeypatch, machine: str
     monkeypatch.setattr("platform.machine", lambda: machine)
     assert amx_int8_available(cpuinfo) is expected
     assert amx_int8_available(tmp_path / "missing") is False
+
+
+def test_ptq_model_is_routed_the_same_way(artifacts, tmp_path: Path) -> None:
+    a = artifacts["test_resnet"]
+    calibration = [a.images[i:i + 16] for i in range(0, 64, 16)]
+    symmetric = ptq_onnx(a.fp32_onnx, calibration, tmp_path / "symmetric.onnx")
+    routed = ptq_onnx(a.fp32_onnx, calibration, tmp_path / "gemm.onnx", ort_gemm_convs=True)
+    np.testing.assert_array_equal(run_onnx(routed, a.images), run_onnx(symmetric, a.images))
+    assert inspect_ort_graph(routed).conv_kernels["gemm"] == 2
+    assert "gemm" not in inspect_ort_graph(symmetric).conv_kernels
