@@ -26,11 +26,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["DEFAULT_MIN_DEPTH", "MIN_OUT_CHANNELS", "amx_int8_available", "route_deep_convs_to_gemm", "weight_zero_point_is_zero"]
+from edgeqat.quant.onnx_passes import apply_onnx_passes
+
+__all__ = [
+    "DEFAULT_MIN_DEPTH", "MIN_OUT_CHANNELS", "amx_int8_available", "route_deep_convs_to_gemm",
+    "weight_zero_point_is_zero",
+]
 
 # Where the AMX GEMM beat the symmetric kernel in benchmarks/ort_conv_kernels.py.
 DEFAULT_MIN_DEPTH = 256  # in_channels * kh * kw
-MIN_OUT_CHANNELS = 65
+MIN_OUT_CHANNELS = 65  # i.e. more than 64
 _CPUINFO = Path("/proc/cpuinfo")
 
 
@@ -74,7 +79,7 @@ def route_deep_convs_to_gemm(model: onnx.ModelProto, min_depth: int = DEFAULT_MI
         w = numpy_helper.to_array(weight)
         zp = numpy_helper.to_array(zero_point)
         deep = w.ndim >= 3 and int(np.prod(w.shape[1:])) >= min_depth and w.shape[0] >= MIN_OUT_CHANNELS
-        if not deep or np.any(zp) or w.min() == -128:
+        if not deep or np.any(zp) or w.min() == -128:  # -128: not our symmetric grid, no room to shift
             continue
         # New initializers: the exporter shares one zero-point tensor between many weights.
         names = (f"{weight.name}_gemm_{routed}", f"{zero_point.name}_gemm_{routed}")
@@ -85,16 +90,9 @@ def route_deep_convs_to_gemm(model: onnx.ModelProto, min_depth: int = DEFAULT_MI
         dequantize.input[0], dequantize.input[2] = names
         routed += 1
     if routed:
-        _drop_unread_initializers(graph)
+        apply_onnx_passes(model, ["prune_unused"])  # the replaced weights and zero points
     return routed
 
 
 def _group(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "group"), 1)
-
-
-def _drop_unread_initializers(graph: onnx.GraphProto) -> None:
-    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    keep = [init for init in graph.initializer if init.name in read]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
