@@ -4,7 +4,7 @@ ORT's QLinearConv picks its kernel from the weight zero point. All zeros (our sy
 selects MLAS's indirect "ConvSym" kernel, which uses AVX-512 VNNI at best. Anything else selects
 im2col + the u8s8 GEMM, which MLAS runs on AMX tiles on a CPU that has them (Xeon 4th gen on).
 
-With 1 thread on such a CPU the GEMM takes 0.5-0.94x the time once a dense conv's reduction depth
+With 1 thread on such a CPU the GEMM takes 0.53-0.86x the time once a dense conv's reduction depth
 ``in_channels * kh * kw`` reaches 256 and it has more than 64 output channels. Shallower convs are
 up to 1.8x slower on it, convs with <= 64 outputs at large spatial sizes up to 1.2x, depthwise convs
 1.6-2x (``benchmarks/ort_conv_kernels.py``).
