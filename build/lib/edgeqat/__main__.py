@@ -1,0 +1,3 @@
+from edgeqat.cli import main
+
+raise SystemExit(main())

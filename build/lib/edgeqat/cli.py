@@ -1,0 +1,101 @@
+"""The ``edgeqat`` command: train, models, stack, data, demo, sync."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+
+from edgeqat.errors import EdgeqatError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from edgeqat.config import compose_config
+
+    overrides = list(args.overrides) + shlex.split(args.overrides_string or "")
+    cfg = compose_config(overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    from edgeqat.train import train
+
+    result = train(cfg, overrides)
+    if result.spool_path:
+        print(f"edgeqat: warning: the tracking server (or its artifact store) was unreachable at the end; "
+              f"run {result.run_id} is "
+              f"spooled at {result.spool_path}: upload it with `edgeqat sync {result.spool_path}`", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from edgeqat.models import list_backbones
+
+    names = list_backbones(args.pattern)
+    print("\n".join(names))
+    return 0 if names else 1
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from edgeqat.tracking import sync_spool
+
+    result = sync_spool(args.spool, args.tracking_uri)
+    print(f"run {result.run_id}: uploaded {result.uploaded} operations"
+          + (f" ({result.already_done} were already uploaded)" if result.already_done else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeqat", description="Any CNN backbone to a verified INT8 edge model, "
+                                     "every step tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train, quantize and export one model (one MLflow run)")
+    train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=resnet18 trainer.max_epochs=2")
+    train.add_argument("--overrides", dest="overrides_string", metavar="STR",
+                       help="overrides as one shell-quoted string (what `mlflow run -P overrides=...` passes)")
+    train.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    train.set_defaults(func=_train)
+
+    models = sub.add_parser("models", help="backbones")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    ls = models_sub.add_parser("list", help="list buildable backbones (timm + torchvision adapters)")
+    ls.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'mobilenet*'")
+    ls.set_defaults(func=_models_list)
+
+    from edgeqat.data.cli import add_data_parser
+    from edgeqat.demo import add_demo_parser
+    from edgeqat.stack.cli import add_stack_parser
+
+    add_stack_parser(sub)
+    add_data_parser(sub)
+    add_demo_parser(sub)
+
+    sync = sub.add_parser("sync", help="upload a run spooled while the tracking server was unreachable")
+    sync.add_argument("spool", help="the spool directory the job printed (outputs/spool/<run_id>)")
+    sync.add_argument("--tracking-uri", help="server to upload to (default: the one the run was logging to)")
+    sync.set_defaults(func=_sync)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from edgeqat.tracking.run import Preempted
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SIGTERMException, Preempted):
+        print("edgeqat: stopped by SIGTERM; the run is KILLED and tagged with its resumable checkpoint "
+              "(edgeqat.checkpoint_uri): resume with ckpt_path=<file>", file=sys.stderr)
+        return 143
+    except EdgeqatError as e:
+        from edgeqat.tracking import fail_attached_run
+
+        fail_attached_run(e)
+        print(f"edgeqat: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,193 @@
+"""Typed schema of the Hydra config tree (``conf/``).
+
+Every group is checked against a dataclass at compose time, so a typo (``trainer.max_epoch=3``) or a
+wrong type (``trainer.max_epochs=abc``) fails before any run is created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from edgeqat.errors import EdgeqatError
+
+
+@dataclass
+class ModelConfig:
+    """A backbone: any timm classifier or a torchvision adapter (see ``edgeqat models list``)."""
+
+    _target_: str = "edgeqat.models.create_backbone"
+    _partial_: bool = True  # num_classes / in_chans are filled in from the dataset
+    name: str = MISSING
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor args (drop_rate, ...)
+
+
+@dataclass
+class DataConfig:
+    """A dataset source from the registry (``edgeqat.data.list_sources()``) and how to split/feed it."""
+
+    _target_: str = "edgeqat.data.ClassificationDataModule"
+    source: str = MISSING
+    root: Optional[str] = None  # imagefolder: a local class-per-folder tree (s3:// comes with the stack)
+    options: dict[str, Any] = field(default_factory=dict)  # source-specific (synthetic: num_samples, ...)
+    image_size: int = 32
+    in_chans: Optional[int] = None  # None: the dataset's own channel count; 1 <-> 3 converts
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    augment: bool = False
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and LR scheduler as Hydra partials; the LightningModule binds them to its parameters."""
+
+    optimizer: Any = MISSING
+    scheduler: Any = None
+
+
+@dataclass
+class QuantConfig:
+    """Quantization recipe (``edgeqat.pipeline.list_recipes()``): FP32 only, QAT to INT8, or ORT PTQ.
+
+    The FP32 phase trains ``trainer.max_epochs`` epochs (the QAT warm-up) unless ``init_checkpoint``
+    gives trained FP32 weights; QAT then fine-tunes ``qat_epochs`` more with ``qat_optimizer`` (a
+    Hydra partial; None: the FP32 phase's optimizer) at ``qat_lr``.
+    """
+
+    mode: str = "fp32"  # fp32 | qat_int8 | ptq_int8
+    qat_epochs: int = 2
+    qat_lr: float = 1e-3
+    qat_optimizer: Any = None
+    qat_scheduler: Any = None  # Hydra partial taking ``optimizer``, stepped per QAT epoch; None: constant lr
+    freeze_observer_epoch: Optional[int] = None  # QAT epoch (0-based) from which scales stay fixed
+    freeze_bn_epoch: Optional[int] = None  # QAT epoch from which BN running statistics stay fixed
+    distill_weight: float = 0.0  # share of the QAT loss matching the FP32 model's outputs (0: labels only)
+    distill_temperature: float = 2.0
+    init_checkpoint: Optional[str] = None  # FP32 weights to start from: a .ckpt path or a runs:/ URI
+    float_modules: list[str] = field(default_factory=list)  # submodules kept float (fallback for odd ops)
+    # True: an RGB stem conv without a max pool after it computes in float (MobileNetV3 in ORT: 0.86x -> 0.95x)
+    float_stem: bool = False
+    # Deep convs on ORT's AMX int8 GEMM, same outputs (quant/gemm_routing.py); None: where this CPU has AMX
+    ort_gemm_convs: Optional[bool] = None
+    ptq_baseline: bool = False  # also quantize the FP32 model with ORT static PTQ (test/acc_ptq)
+    calibration_batches: int = 8
+    benchmark_resolutions: list[int] = field(default_factory=lambda: [224])
+    latency_threads: int = 1
+    latency_iters: int = 50
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments of ``lightning.Trainer``; loggers and callbacks are attached in code."""
+
+    _target_: str = "lightning.Trainer"
+    max_epochs: int = 5
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: Any = "auto"  # ddp for multi-process / multi-node; only rank zero writes to MLflow
+    num_nodes: int = 1
+    precision: Any = "32-true"
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    num_sanity_val_steps: int = 0
+    check_val_every_n_epoch: int = 1
+    gradient_clip_val: Optional[float] = None
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    limit_test_batches: Optional[float] = None
+    fast_dev_run: Any = False
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = False
+
+
+@dataclass
+class TrackingConfig:
+    """Where and how the run is tracked in MLflow."""
+
+    tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment_name: str = "edgeqat"
+    run_name: Optional[str] = None
+    log_checkpoints: bool = True
+    system_metrics: bool = False  # MLflow system metrics (CPU, memory) sampled during the run
+    system_metrics_interval_s: float = 10.0
+    status_interval_s: float = 5.0  # edgeqat.progress / eta_s tags at most this often
+    max_imbalance: float = 3.0  # largest/smallest class ratio above which the run gets a data warning
+    close_timeout_s: float = 60.0  # wait this long for an unreachable server at the end, then spool
+    batch_window_s: float = 3.0  # metrics/tags wait this long to share one request with what follows
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 42
+    output_dir: str = "outputs"
+    ckpt_path: Optional[str] = None  # resume the FP32 fit from this checkpoint (e.g. a preempted.ckpt)
+
+
+def register_configs() -> None:
+    """Store the schema so ``config.yaml`` can extend it (``defaults: [base_config, ...]``)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+
+
+class ConfigError(EdgeqatError, ValueError):
+    """The overrides do not compose into a valid config; the message names the fix."""
+
+
+def config_dir() -> Path:
+    return Path(__file__).resolve().parent / "conf"
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra ``overrides``; typed, resolved and complete, or ConfigError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except Exception as e:  # Hydra/OmegaConf raise many types; all become one actionable line
+        raise ConfigError(_explain(e)) from e
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"Missing required value(s): {', '.join(missing)}: pass e.g. {missing[0]}=<value>")
+    return cfg
+
+
+def _explain(e: Exception) -> str:
+    from hydra.errors import MissingConfigException
+
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file:
+        group = e.missing_cfg_file.split("/")[0]
+        choices = ", ".join(sorted(e.options or [])) or "none"
+        name = e.missing_cfg_file.split("/", 1)[-1]
+        hint = f"; any timm model: model.name={name} (see: edgeqat models list)" if group == "model" else ""
+        return f"Unknown {group} config {name!r}. Choose one of: {choices}{hint}"
+    cause = e
+    while cause.__cause__ is not None and not isinstance(cause, ValidationError):
+        cause = cause.__cause__  # the OmegaConf error carries the key and the expected type
+    if isinstance(cause, ConfigKeyError):
+        return f"Unknown config key {cause.full_key!r}: check the spelling (edgeqat train --cfg shows the config)"
+    if isinstance(cause, ValidationError):
+        msg = str(cause).splitlines()[0]
+        return f"Bad value for {cause.full_key}: {msg}"
+    return " ".join(str(e).split())[:400]

@@ -1,0 +1,178 @@
+"""``ClassificationDataModule``: a seeded, stratified train/val/test split of any image source."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from edgeqat.data.sources import DataSourceError, ImageSet, load_source
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean/std computed on the train split; the preprocessing contract of exported models."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float,
+                     seed: int) -> dict[str, np.ndarray]:
+    """Indices per split, class proportions preserved, identical for the same seed."""
+    from sklearn.model_selection import train_test_split
+
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DataSourceError(
+            f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be in (0, 1) "
+            "and sum to < 1"
+        )
+    idx = np.arange(len(labels))
+    try:
+        rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+        train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
+                                      stratify=labels[rest], random_state=seed)
+    except ValueError as e:
+        raise DataSourceError(f"Cannot split the dataset by class ({e}); add images to the smallest class") from e
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def to_tensor(image: np.ndarray, in_chans: int, size: int) -> torch.Tensor:
+    """``HxWxC`` uint8 -> ``in_chans x size x size`` float in [0, 1]."""
+    x = torch.tensor(image).permute(2, 0, 1).float().div_(255.0)
+    if x.shape[0] != in_chans:
+        if in_chans == 1:
+            x = x.mean(0, keepdim=True)
+        elif x.shape[0] == 1:
+            x = x.expand(in_chans, -1, -1)
+        else:
+            raise DataSourceError(f"Cannot convert {x.shape[0]}-channel images to data.in_chans={in_chans}")
+    if x.shape[1:] != (size, size):
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    return x
+
+
+class ImageDataset(Dataset):
+    """One split: decodes (or looks up) images, normalizes, optionally jitters by a few pixels."""
+
+    def __init__(self, images: Sequence[np.ndarray], labels: np.ndarray, indices: np.ndarray, in_chans: int,
+                 size: int, norm: Normalization, augment: bool = False, preload: bool = False) -> None:
+        self.images, self.labels, self.indices = images, labels, indices
+        self.in_chans, self.size, self.augment = in_chans, size, augment
+        self.mean = torch.tensor(norm.mean).view(-1, 1, 1)
+        self.std = torch.tensor(norm.std).view(-1, 1, 1)
+        self.cache = torch.stack([self._load(i) for i in range(len(indices))]) if preload else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _load(self, i: int) -> torch.Tensor:
+        x = to_tensor(self.images[int(self.indices[i])], self.in_chans, self.size)
+        return (x - self.mean) / self.std
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.cache[i] if self.cache is not None else self._load(i)
+        if self.augment:
+            x = _random_shift(x, max_shift=max(1, self.size // 16))
+        return x, int(self.labels[self.indices[i]])
+
+
+def _random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    dy, dx = torch.randint(-max_shift, max_shift + 1, (2,)).tolist()
+    return torch.roll(x, shifts=(dy, dx), dims=(1, 2))
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Splits a registered source (``data.source``) into seeded, stratified train/val/test sets.
+
+    Everything that depends on the data (``num_classes``, ``in_chans``, ``class_names``,
+    ``normalization``) is known after :meth:`setup`, so the backbone is built to fit the dataset.
+    """
+
+    def __init__(self, source: str, root: str | None = None, options: dict[str, Any] | None = None,
+                 image_size: int = 32, in_chans: int | None = None, batch_size: int = 64,
+                 eval_batch_size: int = 256, num_workers: int = 0, val_fraction: float = 0.1,
+                 test_fraction: float = 0.2, augment: bool = False, seed: int = 42) -> None:
+        super().__init__()
+        if image_size < 8:
+            raise DataSourceError(f"data.image_size={image_size} is too small; use >= 8")
+        if in_chans not in (None, 1, 3):
+            raise DataSourceError(f"data.in_chans={in_chans}: use 1, 3 or null (the dataset's own)")
+        self.source, self.root, self.options = source, root, dict(options or {})
+        self.image_size, self.requested_in_chans = image_size, in_chans
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.augment, self.seed = augment, seed
+        self.image_set: ImageSet | None = None
+        self.split_indices: dict[str, np.ndarray] = {}
+        self.datasets: dict[str, ImageDataset] = {}
+        self.normalization: Normalization | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.image_set = s = load_source(self.source, self.root, **self.options)
+        self.split_indices = stratified_split(s.labels, self.val_fraction, self.test_fraction, self.seed)
+        preload = isinstance(s.images, np.ndarray)  # bundled sets fit in memory: decode once
+        self.normalization = self._fit_normalization(s)
+        self.datasets = {
+            split: ImageDataset(s.images, s.labels, idx, self.in_chans, self.image_size, self.normalization,
+                                augment=self.augment and split == "train", preload=preload)
+            for split, idx in self.split_indices.items()
+        }
+
+    def _fit_normalization(self, s: ImageSet) -> Normalization:
+        idx = self.split_indices["train"]
+        sample = idx[np.linspace(0, len(idx) - 1, min(len(idx), 512)).astype(int)]
+        x = torch.stack([to_tensor(s.images[int(i)], self.in_chans, self.image_size) for i in sample])
+        return Normalization(tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).clamp_min(1e-3).tolist()))
+
+    @property
+    def in_chans(self) -> int:
+        assert self.image_set is not None, "call setup() first"
+        return self.requested_in_chans or self.image_set.channels
+
+    @property
+    def num_classes(self) -> int:
+        assert self.image_set is not None, "call setup() first"
+        return self.image_set.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        assert self.image_set is not None, "call setup() first"
+        return self.image_set.class_names
+
+    def _loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        generator = torch.Generator().manual_seed(self.seed) if train else None
+        return DataLoader(self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size,
+                          shuffle=train, generator=generator, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def split_arrays(self, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A split as normalized ``NCHW`` float32 + labels, for ONNX Runtime evaluation."""
+        ds = self.datasets[split]
+        n = len(ds) if limit is None else min(limit, len(ds))
+        xs = ds.cache[:n] if ds.cache is not None else torch.stack([ds._load(i) for i in range(n)])
+        return xs.numpy().astype(np.float32), ds.labels[ds.indices[:n]]

@@ -1,0 +1,154 @@
+"""Quantization recipes (``quant.mode``): from the trained FP32 module to the INT8 ONNX model.
+
+A recipe is registered with ``@register_recipe(name)``; it gets the job and the FP32 ONNX file and
+returns the INT8 model it made (or None for ``fp32``). Verification is the same for every recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from edgeqat.data import ClassificationDataModule
+from edgeqat.errors import EdgeqatError
+from edgeqat.lightning_modules import ClassifierModule, Distillation
+from edgeqat.pipeline.trainer import fit_and_test, make_trainer
+from edgeqat.tracking import RunContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobContext:
+    """Everything a recipe needs: config, run, data and the trained FP32 module."""
+
+    cfg: DictConfig
+    run: RunContext
+    datamodule: ClassificationDataModule
+    module: ClassifierModule
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fp32_epochs(self) -> int:
+        """FP32 epochs this job trains: none when it starts from trained weights."""
+        return 0 if self.cfg.quant.init_checkpoint else self.cfg.trainer.max_epochs
+
+    @property
+    def total_epochs(self) -> int:
+        qat = self.cfg.quant.qat_epochs if self.cfg.quant.mode == "qat_int8" else 0
+        return self.fp32_epochs + qat
+
+    @property
+    def models_dir(self) -> Path:
+        return self.run.output_dir / "models"
+
+    def example_input(self, batch: int = 2) -> torch.Tensor:
+        size = self.datamodule.image_size
+        return torch.zeros(batch, self.datamodule.in_chans, size, size)
+
+
+@dataclass(frozen=True)
+class Int8Model:
+    """An INT8 ONNX file and, when the recipe has one, the torch model's logits on the test split."""
+
+    path: Path
+    reference_logits: np.ndarray | None = None
+
+
+Recipe = Callable[[JobContext, Path], Int8Model | None]
+_RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(name: str) -> Callable[[Recipe], Recipe]:
+    def wrap(fn: Recipe) -> Recipe:
+        if name in _RECIPES:
+            log.warning("quantization recipe %r registered twice; keeping the last one", name)
+        _RECIPES[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_recipes() -> list[str]:
+    return sorted(_RECIPES)
+
+
+def run_recipe(ctx: JobContext, fp32_onnx: Path) -> Int8Model | None:
+    mode = ctx.cfg.quant.mode
+    if mode not in _RECIPES:
+        raise EdgeqatError(f"Unknown quant.mode {mode!r}: choose one of {', '.join(list_recipes())} (quant=<name>)")
+    return _RECIPES[mode](ctx, fp32_onnx)
+
+
+@register_recipe("fp32")
+def fp32_only(ctx: JobContext, fp32_onnx: Path) -> None:
+    """No quantization: the FP32 ONNX model is the deliverable."""
+    return None
+
+
+@register_recipe("qat_int8")
+def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
+    """Fake-quant fine-tuning of the FP32 weights, then convert and export the INT8 graph."""
+    from edgeqat.quant import QATSchedule, convert, export_onnx, prepare_qat
+
+    q = ctx.cfg.quant
+    teacher = copy.deepcopy(ctx.module.backbone).eval() if q.distill_weight > 0 else None
+    prepared = prepare_qat(ctx.module.backbone.eval(), ctx.example_input(), float_modules=list(q.float_modules),
+                          float_stem=q.float_stem)
+    qat_module = ClassifierModule(
+        backbone=prepared,
+        optimizer=functools.partial(instantiate(q.qat_optimizer) if q.qat_optimizer else ctx.module.optimizer_factory,
+                                    lr=q.qat_lr),
+        scheduler=instantiate(q.qat_scheduler) if q.qat_scheduler else None,
+        num_classes=ctx.datamodule.num_classes,
+        class_names=ctx.datamodule.class_names,
+        test_tag="qat",
+        distillation=Distillation(teacher, q.distill_weight, q.distill_temperature) if teacher is not None else None,
+    )
+    trainer, checkpoint = make_trainer(
+        ctx.cfg, ctx.run, "qat", q.qat_epochs, epoch_offset=ctx.fp32_epochs, total_epochs=ctx.total_epochs,
+        extra_callbacks=[QATSchedule(q.freeze_observer_epoch, q.freeze_bn_epoch)],
+    )
+    ctx.metrics.update(fit_and_test(trainer, checkpoint, qat_module, ctx.datamodule))
+    ctx.run.recorder.set_tags({"edgeqat.phase": "export"})
+    converted = convert(prepared)
+    path = export_onnx(converted, ctx.example_input(), ctx.models_dir / "int8" / "model.onnx",
+                       ort_gemm_convs=_gemm_convs(q))
+    return Int8Model(path, _torch_logits(prepared, ctx.datamodule.split_arrays("test")[0]))
+
+
+@register_recipe("ptq_int8")
+def ptq_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
+    """ONNX Runtime static quantization of the FP32 model, calibrated on training batches."""
+    return Int8Model(post_training_quantize(ctx, fp32_onnx, ctx.models_dir / "int8" / "model.onnx"))
+
+
+def post_training_quantize(ctx: JobContext, fp32_onnx: Path, out: Path) -> Path:
+    from edgeqat.quant import ptq_onnx
+
+    batch = ctx.datamodule.batch_size
+    images, _ = ctx.datamodule.split_arrays("train", limit=batch * ctx.cfg.quant.calibration_batches)
+    return ptq_onnx(fp32_onnx, (images[i:i + batch] for i in range(0, len(images), batch)), out,
+                    ort_gemm_convs=_gemm_convs(ctx.cfg.quant))
+
+
+def _gemm_convs(q: DictConfig) -> bool:
+    """``quant.ort_gemm_convs``, where null means: on if this CPU has AMX int8 (``quant/gemm_routing.py``)."""
+    from edgeqat.quant import amx_int8_available
+
+    return amx_int8_available() if q.ort_gemm_convs is None else q.ort_gemm_convs
+
+
+@torch.no_grad()
+def _torch_logits(model: torch.nn.Module, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    model.eval()
+    return torch.cat([model(torch.from_numpy(images[i:i + batch])) for i in range(0, len(images), batch)]).numpy()

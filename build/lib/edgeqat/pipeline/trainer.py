@@ -1,0 +1,58 @@
+"""A Lightning trainer per phase, wired to the run: logger, checkpoints, status, dataset stats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from edgeqat.callbacks import CheckpointArtifacts, DatasetStats, PreemptionCheckpoint, TrainingStatus
+from edgeqat.callbacks.checkpoint_artifacts import config_digest
+from edgeqat.tracking import MlflowRunLogger, RunContext, lightning_handles_sigterm
+
+
+def make_trainer(cfg: DictConfig, run: RunContext, phase: str, max_epochs: int, epoch_offset: int = 0,
+                 total_epochs: int | None = None, extra_callbacks: list[L.Callback] | None = None
+                 ) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A trainer for one phase (``fp32`` / ``qat``) writing into ``run``."""
+    tc = cfg.tracking
+    ckpt_dir = run.output_dir / "checkpoints" / phase
+    checkpoint, last = make_checkpoints(ckpt_dir)
+    callbacks: list[L.Callback] = [
+        checkpoint,
+        last,
+        PreemptionCheckpoint(run.recorder, ckpt_dir),
+        TrainingStatus(run.recorder, phase, epoch_offset, total_epochs, tc.status_interval_s),
+        LearningRateMonitor(logging_interval="epoch"),
+        *(extra_callbacks or []),
+    ]
+    if phase == "fp32":
+        callbacks.append(DatasetStats(run.recorder, tc.max_imbalance))
+    if tc.log_checkpoints:
+        digest = config_digest(OmegaConf.to_yaml(cfg, resolve=True))
+        callbacks.append(CheckpointArtifacts(run.recorder, checkpoint, digest, phase))
+    trainer = instantiate(cfg.trainer, max_epochs=max_epochs, default_root_dir=str(run.output_dir),
+                          logger=MlflowRunLogger(run.recorder), callbacks=callbacks)
+    return trainer, checkpoint
+
+
+def make_checkpoints(ckpt_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """``best.ckpt``: weights only (what test, export and ``quant.init_checkpoint`` load, and what the
+    run uploads: a third of the full state with AdamW's moments); ``last.ckpt``: the full trainer
+    state every epoch, local, for ``ckpt_path=.../last.ckpt`` to resume.
+    """
+    best = ModelCheckpoint(dirpath=ckpt_dir, monitor="val/acc", mode="max", filename="best", save_weights_only=True)
+    last = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True)
+    return best, last
+
+
+def fit_and_test(trainer: L.Trainer, checkpoint: ModelCheckpoint, module: L.LightningModule,
+                 datamodule: L.LightningDataModule, ckpt_path: str | None = None) -> dict[str, float]:
+    """Fit, then test the best checkpoint; returns the trainer's final scalar metrics."""
+    with lightning_handles_sigterm():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint.best_model_path or None)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

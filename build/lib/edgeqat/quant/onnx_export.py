@@ -1,0 +1,81 @@
+"""Step EXPORT: an nn.Module (converted INT8 or plain FP32) to one ONNX file ORT can run."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeqat.quant.errors import QuantizationError
+from edgeqat.quant.gemm_routing import route_deep_convs_to_gemm
+from edgeqat.quant.onnx_passes import apply_onnx_passes
+from edgeqat.quant.steps import QuantStep
+
+__all__ = ["export_onnx"]
+
+log = logging.getLogger(__name__)
+
+_PROTOBUF_LIMIT = 2_000_000_000  # bytes; bigger models need external data
+
+
+def export_onnx(
+    model: nn.Module, example_input: torch.Tensor, path: str | Path, ort_gemm_convs: bool = False
+) -> Path:
+    """Export with the dynamo exporter, batch axis dynamic, then apply ``onnx_passes``.
+
+    For a converted model the weights end up as int8 initializers feeding DequantizeLinear; the
+    same call exports the FP32 sibling artifact from the float model. The file is self-contained
+    unless it exceeds protobuf's 2 GB limit (then weights go to ``<name>.data`` beside it).
+    ``ort_gemm_convs`` sends deep convs to ORT's AMX int8 GEMM, same outputs (``gemm_routing``).
+
+    Raises:
+        QuantizationError: the exporter failed (message names the op it could not translate).
+    """
+    import onnx
+    from torch.export import Dim
+
+    from edgeqat.quant.qat_model import QATModel
+
+    if isinstance(model, QATModel):
+        raise TypeError(
+            "export_onnx got the fake-quant QATModel; export convert(prepared) for the INT8 artifact, "
+            "or the original float model for FP32."
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        program = torch.onnx.export(
+            model, (example_input,), dynamo=True, dynamic_shapes=({0: Dim("batch"), 2: Dim.AUTO, 3: Dim.AUTO},), verbose=False
+        )
+    except Exception as exc:
+        raise QuantizationError(
+            f"[{QuantStep.EXPORT.value}] ONNX export of {type(model).__name__} failed: {type(exc).__name__}: "
+            f"{_first_line(exc)}. If it names an op, leave the module that uses it float "
+            "(prepare_qat(..., float_modules=[...])) or keep the model FP32."
+        ) from exc
+    finally:
+        model.train(was_training)
+    proto = program.model_proto
+    counts = apply_onnx_passes(proto)
+    if ort_gemm_convs:
+        counts["route_deep_convs_to_gemm"] = route_deep_convs_to_gemm(proto)
+    log.debug("ONNX passes on %s: %s", path.name, counts)
+    external = proto.ByteSize() > _PROTOBUF_LIMIT
+    data_path = path.with_name(path.name + ".data")
+    if data_path.exists():
+        data_path.unlink()
+    # Written beside, then renamed: a reader (another DDP rank verifying the same file) never sees half a file.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    onnx.save_model(proto, str(partial), save_as_external_data=external, location=data_path.name)
+    os.replace(partial, path)
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""

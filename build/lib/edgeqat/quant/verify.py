@@ -1,0 +1,131 @@
+"""Step VERIFY (numbers side): accuracy and agreement in ONNX Runtime, latency, file size."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeqat.quant.ort_session import cpu_session
+
+__all__ = ["VerifyResult", "evaluate_onnx", "file_size_mb", "measure_latency_ms", "run_onnx"]
+
+
+@dataclass
+class VerifyResult:
+    """Accuracy of an ONNX model in ORT and its top-1 agreement with reference (torch) logits."""
+
+    accuracy: float
+    top1_agreement: float | None
+    per_class_accuracy: list[float]
+    confusion: np.ndarray  # (num_classes, num_classes), rows = true class, columns = prediction
+    n: int
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (NaN per-class accuracy for classes absent from the labels -> None)."""
+        return {
+            "accuracy": self.accuracy,
+            "top1_agreement": self.top1_agreement,
+            "per_class_accuracy": [None if np.isnan(a) else a for a in self.per_class_accuracy],
+            "confusion": self.confusion.tolist(),
+            "n": self.n,
+        }
+
+
+def run_onnx(onnx_path: str | Path, images: np.ndarray, batch_size: int = 64, threads: int = 1) -> np.ndarray:
+    """Logits of ``onnx_path`` on ``images`` (N, C, H, W float32), computed in batches."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    session = cpu_session(onnx_path, threads=threads)
+    name = session.get_inputs()[0].name
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    outputs = [session.run(None, {name: images[i:i + batch_size]})[0] for i in range(0, len(images), batch_size)]
+    return np.concatenate(outputs) if outputs else np.empty((0, 0), np.float32)
+
+
+def evaluate_onnx(
+    onnx_path: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    reference_logits: np.ndarray | None = None,
+    batch_size: int = 64,
+) -> VerifyResult:
+    """Accuracy (overall, per class, confusion) of the ONNX model run in ORT.
+
+    Args:
+        images: (N, C, H, W) float32, already normalized as in training.
+        labels: (N,) integer class ids.
+        reference_logits: (N, K) logits of the torch model (fake-quant) on the same images; gives
+            ``top1_agreement``, the fraction of equal argmax.
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    if images.ndim != 4 or len(images) != len(labels) or len(labels) == 0:
+        raise ValueError(
+            f"images must be (N, C, H, W) with N = len(labels) > 0; got images {images.shape}, labels {labels.shape}"
+        )
+    logits = run_onnx(onnx_path, images, batch_size=batch_size)
+    num_classes = logits.shape[1]
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}); got range [{labels.min()}, {labels.max()}]")
+    preds = logits.argmax(1)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, preds), 1)
+    support = confusion.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
+    agreement = None
+    if reference_logits is not None:
+        reference_logits = np.asarray(reference_logits)
+        if reference_logits.shape != logits.shape:
+            raise ValueError(
+                f"reference_logits shape {reference_logits.shape} does not match the model output {logits.shape}"
+            )
+        agreement = float((reference_logits.argmax(1) == preds).mean())
+    return VerifyResult(
+        accuracy=float((preds == labels).mean()),
+        top1_agreement=agreement,
+        per_class_accuracy=[float(a) for a in per_class],
+        confusion=confusion,
+        n=len(labels),
+    )
+
+
+def measure_latency_ms(
+    onnx_path: str | Path, input_shape: tuple[int, ...], threads: int = 1, warmup: int = 10, iters: int = 50
+) -> float:
+    """Median wall time of one ORT run on a random float32 input of ``input_shape``, in ms."""
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+    session = cpu_session(onnx_path, threads=threads)
+    name = session.get_inputs()[0].name
+    feed = {name: np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def file_size_mb(onnx_path: str | Path) -> float:
+    """Size on disk in MB (1e6 bytes), external data files included."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    path = Path(onnx_path)
+    total = path.stat().st_size
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {
+        entry.value
+        for init in model.graph.initializer
+        if uses_external_data(init)
+        for entry in init.external_data
+        if entry.key == "location"
+    }
+    total += sum((path.parent / loc).stat().st_size for loc in locations)
+    return total / 1e6

@@ -1,0 +1,89 @@
+"""The task function: build -> FP32 fit -> quantization recipe -> export -> verify -> metrics.
+
+Entry points: ``edgeqat train [OVERRIDES...]`` and ``mlflow run . -P overrides="..."``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from edgeqat.data import ClassificationDataModule
+from edgeqat.errors import EdgeqatError
+from edgeqat.lightning_modules import ClassifierModule
+from edgeqat.pipeline import JobContext, fit_and_test, make_trainer, run_recipe
+from edgeqat.pipeline.verify import export_fp32, verify
+from edgeqat.tracking import log_run_config, tracked_run
+from edgeqat.tracking.system_metrics import system_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one job produced: its run, final metrics, and the spool if the server was away at the end."""
+
+    run_id: str
+    metrics: dict[str, float]
+    spool_path: Path | None = None
+
+
+def build(cfg: DictConfig) -> tuple[ClassificationDataModule, ClassifierModule]:
+    """Data first, so the backbone is built to the dataset's classes and channels; fails before any run."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule: ClassificationDataModule = instantiate(cfg.data)
+    datamodule.setup()
+    backbone = instantiate(cfg.model)(num_classes=datamodule.num_classes, in_chans=datamodule.in_chans)
+    module = ClassifierModule(
+        backbone=backbone,
+        optimizer=instantiate(cfg.optim.optimizer),
+        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.scheduler else None,
+        num_classes=datamodule.num_classes,
+        class_names=datamodule.class_names,
+    )
+    if cfg.quant.init_checkpoint:
+        load_fp32_weights(module, cfg.quant.init_checkpoint)
+    return datamodule, module
+
+
+def load_fp32_weights(module: ClassifierModule, source: str) -> None:
+    """Trained FP32 weights from a Lightning checkpoint file or an MLflow ``runs:/``/``models:/`` URI."""
+    path = source
+    if source.startswith(("runs:/", "models:/")):
+        import mlflow
+
+        path = mlflow.artifacts.download_artifacts(source)
+    if not Path(path).is_file():
+        raise EdgeqatError(f"quant.init_checkpoint={source!r} is not a file: pass a .ckpt path or a runs:/ URI")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        module.load_state_dict(state.get("state_dict", state))
+    except RuntimeError as e:
+        raise EdgeqatError(f"quant.init_checkpoint={source!r} does not fit this model/dataset: "
+                           f"{str(e).splitlines()[0]}") from e
+
+
+def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
+    """Run one job as one MLflow run."""
+    datamodule, module = build(cfg)
+    tc = cfg.tracking
+    with tracked_run(tc.tracking_uri, tc.experiment_name, cfg.output_dir, tc.run_name, dict(tc.tags),
+                     tc.close_timeout_s, tc.batch_window_s) as run, system_metrics(run, tc.system_metrics, tc.system_metrics_interval_s):
+        log_run_config(run, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_yaml(cfg, resolve=True),
+                       overrides, dataset=datamodule.name)
+        ctx = JobContext(cfg, run, datamodule, module)
+        trainer, checkpoint = make_trainer(cfg, run, "fp32", ctx.fp32_epochs, total_epochs=ctx.total_epochs)
+        ctx.metrics.update(fit_and_test(trainer, checkpoint, module, datamodule, cfg.ckpt_path))
+        run.recorder.set_tags({"edgeqat.phase": "export"})
+        fp32_onnx = export_fp32(ctx)
+        ctx.metrics.update(verify(ctx, fp32_onnx, run_recipe(ctx, fp32_onnx)))
+    summary = {k: round(v, 4) for k, v in ctx.metrics.items() if k.startswith(("test/acc", "int8/"))}
+    log.info("run %s: %s", run.run_id, summary)
+    return TrainResult(run.run_id, ctx.metrics, run.spool_path)
