@@ -13,6 +13,10 @@ are a registry so a new rewrite is one decorated function. Applied by ``export_o
 * ``fold_affine_into_float_conv``: a float Conv with constant weights followed by per-channel
   Mul/Div/Add/Sub by constants or an inference BatchNormalization -> one Conv (the float RGB stem
   keeps QAT's simulated BN fold ``conv(x, W*f) / f -> BN``; ORT fuses Conv+BN but not the Div);
+* ``keep_float_convs_float``: a Conv/Gemm with float weights (a module left float) reading a per-tensor
+  DequantizeLinear gets its own per-channel copy of that DequantizeLinear, same values. Otherwise
+  ORT's ``WeightBiasQuantization`` quantizes its weights to per-tensor int8 when a QuantizeLinear
+  follows, and the artifact no longer computes what the torch model does;
 * ``reduce_mean_to_global_avg_pool``: ``ReduceMean(axes=[2, 3], keepdims=1)`` on a 4-D tensor ->
   ``GlobalAveragePool`` (ORT has QLinearGlobalAveragePool, not an int8 ReduceMean);
 * ``strip_debug_metadata``: the dynamo exporter stores stack traces and FX node text per node;
@@ -296,6 +300,45 @@ def _fold_affine_into_float_conv(model: onnx.ModelProto) -> int:
             changed = True
             break
     return folded
+
+
+def _input_channels(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
+    """Channels (axis 1) of the data input of a Conv/ConvTranspose/Gemm with constant ``weight``."""
+    if node.op_type == "Conv":
+        return weight.shape[1] * int(_attr(node, "group", 1))
+    if node.op_type == "ConvTranspose":
+        return weight.shape[0]
+    if node.op_type == "Gemm" and weight.ndim == 2 and not _attr(node, "transA", 0):
+        return weight.shape[1] if _attr(node, "transB", 0) else weight.shape[0]
+    return None
+
+
+@register_onnx_pass("keep_float_convs_float")
+def _keep_float_convs_float(model: onnx.ModelProto) -> int:
+    graph = model.graph
+    consts = _Constants(graph)
+    producers = {out: node for node in graph.node for out in node.output}
+    changed = 0
+    for node in list(graph.node):
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 2:
+            continue
+        weight, dq = consts.get(node.input[1]), producers.get(node.input[0])
+        if weight is None or weight.dtype != np.float32 or dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        scale = consts.get(dq.input[1])
+        zero_point = consts.get(dq.input[2]) if len(dq.input) > 2 else None
+        channels = _input_channels(node, weight)
+        if scale is None or zero_point is None or scale.size != 1 or channels is None:
+            continue
+        prefix = f"{node.name or node.op_type}_float_input"
+        consts.add(f"{prefix}_scale", np.full(channels, scale.reshape(-1)[0], scale.dtype))
+        consts.add(f"{prefix}_zero_point", np.full(channels, zero_point.reshape(-1)[0], zero_point.dtype))
+        per_channel = helper.make_node("DequantizeLinear", [dq.input[0], f"{prefix}_scale", f"{prefix}_zero_point"],
+                                       [f"{prefix}"], name=f"{prefix}_dequantize", axis=1)
+        node.input[0] = per_channel.output[0]
+        graph.node.insert(list(graph.node).index(node), per_channel)
+        changed += 1
+    return changed
 
 
 def _rank(model: onnx.ModelProto, name: str) -> int | None:

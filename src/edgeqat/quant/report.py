@@ -143,8 +143,9 @@ def _float_nodes(model: onnx.ModelProto) -> list[FloatNode]:
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
-    context = _Context(producers, consumers, {i.name for i in graph.input})
     initializers = {i.name for i in graph.initializer}
+    context = _Context(producers, consumers, {i.name for i in graph.input},
+                       {name for name in initializers if is_float.get(name)})
     result = []
     for node in graph.node:
         if node.op_type in _QDQ_OPS or node.op_type in INTEGER_OPS or node.op_type == "Constant":
@@ -201,6 +202,7 @@ class _Context:
     producers: dict[str, onnx.NodeProto]
     consumers: dict[str, list[onnx.NodeProto]]
     graph_inputs: set[str]
+    float_initializers: set[str]
 
 
 def _reason(node: onnx.NodeProto, data_inputs: list[str], ctx: _Context) -> str:
@@ -211,6 +213,11 @@ def _reason(node: onnx.NodeProto, data_inputs: list[str], ctx: _Context) -> str:
         return (
             "RGB stem conv kept float on purpose: ORT's FP32 stem kernel beats its u8s8 kernel for <= 4 input "
             "channels; its output is quantized"
+        )
+    if op in ("Conv", "FusedConv", "Gemm") and len(node.input) > 1 and node.input[1] in ctx.float_initializers:
+        return (
+            "float weights: left float by the quantizer (a module in quant.float_modules, or a pattern it "
+            "does not annotate)"
         )
     users = [c for o in node.output for c in ctx.consumers.get(o, [])]
     feeds_q = bool(users) and all(c.op_type == "QuantizeLinear" for c in users)

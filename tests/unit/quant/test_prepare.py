@@ -198,3 +198,33 @@ def test_training_fake_quant_uses_the_weight_qparams_convert_will_use() -> None:
     for fq in weight_fqs:
         scale, _ = fq.calculate_qparams()
         assert torch.equal(fq.scale, scale)
+
+
+def test_float_module_between_quantized_neighbours_stays_float_in_ort(monkeypatch, tmp_path) -> None:
+    """ORT's WeightBiasQuantization would quantize a float conv read from a DequantizeLinear and feeding a
+    QuantizeLinear; the export's ``keep_float_convs_float`` pass stops it."""
+    from edgeqat.quant import convert, evaluate_onnx, export_onnx, inspect_ort_graph
+    from edgeqat.quant import onnx_passes
+    from tests.unit.quant.tiny import build, train
+
+    model = build("tiny_mobile")
+    train(model, steps=20, lr=1e-2)
+    prepared = prepare_qat(model, synthetic_batch(4, seed=99)[0], float_modules=["pw"])  # 1x1 conv + BN, mid-net
+    train(prepared, steps=4, lr=1e-3, seed=1)
+    freeze_observers(prepared)
+    freeze_bn_stats(prepared)
+    converted, example = convert(prepared), synthetic_batch(1, seed=98)[0]
+    images, labels = (t.numpy() for t in synthetic_batch(128, seed=7))
+    reference = prepared.eval()(torch.from_numpy(images)).detach().numpy()
+
+    path = export_onnx(converted, example, tmp_path / "kept.onnx")
+    report = inspect_ort_graph(path)
+    assert report.count("Conv") + report.count("FusedConv") == 1 and report.count("QLinearConv") == 8
+    (conv,) = [n for n in report.float_nodes if n.op_type in ("Conv", "FusedConv")]
+    assert "quant.float_modules" in conv.reason
+    assert evaluate_onnx(path, images, labels, reference_logits=reference).top1_agreement == 1.0
+
+    without = {k: v for k, v in onnx_passes._PASSES.items() if k != "keep_float_convs_float"}
+    monkeypatch.setattr(onnx_passes, "_PASSES", without)
+    quantized_by_ort = inspect_ort_graph(export_onnx(converted, example, tmp_path / "lost.onnx"))
+    assert quantized_by_ort.count("Conv") + quantized_by_ort.count("FusedConv") == 0  # the trap this guards
