@@ -330,7 +330,7 @@ def _keep_float_convs_float(model: onnx.ModelProto) -> int:
         channels = _input_channels(node, weight)
         if scale is None or zero_point is None or scale.size != 1 or channels is None:
             continue
-        prefix = f"{node.name or node.op_type}_float_input"
+        prefix = f"{node.name or node.op_type}_float_input{changed}"
         consts.add(f"{prefix}_scale", np.full(channels, scale.reshape(-1)[0], scale.dtype))
         consts.add(f"{prefix}_zero_point", np.full(channels, zero_point.reshape(-1)[0], zero_point.dtype))
         per_channel = helper.make_node("DequantizeLinear", [dq.input[0], f"{prefix}_scale", f"{prefix}_zero_point"],
