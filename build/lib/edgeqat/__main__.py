@@ -1,3 +1,0 @@
-from edgeqat.cli import main
-
-raise SystemExit(main())

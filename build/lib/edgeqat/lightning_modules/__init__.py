@@ -1,4 +1,0 @@
-from edgeqat.lightning_modules.classifier import ClassifierModule
-from edgeqat.lightning_modules.distillation import Distillation
-
-__all__ = ["ClassifierModule", "Distillation"]
