@@ -33,6 +33,7 @@ from edgeqat.quant import (
     measure_latency_ms,
     prepare_qat,
     ptq_onnx,
+    resolve_ort_gemm_convs,
 )
 
 MODELS = ["resnet18", "mobilenetv3_small_100", "efficientnet_lite0", "shufflenet_v2_x0_5", "efficientnet_b0",
@@ -95,7 +96,7 @@ def bench(name: str, args: argparse.Namespace, work: Path) -> dict:
     freeze_bn_stats(prepared)
     converted = convert(prepared)
     # The pipeline's default (quant.ort_gemm_convs=null): deep convs on the AMX GEMM where the CPU has it.
-    gemm = amx_int8_available() if args.gemm_convs is None else args.gemm_convs
+    gemm = resolve_ort_gemm_convs(args.gemm_convs)
     int8 = export_onnx(converted, example, work / f"{name}_int8.onnx", ort_gemm_convs=gemm)
     paths = {"fp32": fp32, "int8": int8}
     if gemm:  # the same INT8 model on ORT's symmetric conv kernel only, for the side-by-side

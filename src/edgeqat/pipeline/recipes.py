@@ -98,7 +98,7 @@ def fp32_only(ctx: JobContext, fp32_onnx: Path) -> None:
 @register_recipe("qat_int8")
 def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
     """Fake-quant fine-tuning of the FP32 weights, then convert and export the INT8 graph."""
-    from edgeqat.quant import QATSchedule, convert, export_onnx, prepare_qat
+    from edgeqat.quant import QATSchedule, convert, export_onnx, prepare_qat, resolve_ort_gemm_convs
 
     q = ctx.cfg.quant
     teacher = copy.deepcopy(ctx.module.backbone).eval() if q.distill_weight > 0 else None
@@ -122,7 +122,7 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
     ctx.run.recorder.set_tags({"edgeqat.phase": "export"})
     converted = convert(prepared)
     path = export_onnx(converted, ctx.example_input(), ctx.models_dir / "int8" / "model.onnx",
-                       ort_gemm_convs=_gemm_convs(q))
+                       ort_gemm_convs=resolve_ort_gemm_convs(q.ort_gemm_convs))
     return Int8Model(path, _torch_logits(prepared, ctx.datamodule.split_arrays("test")[0]))
 
 
@@ -133,19 +133,12 @@ def ptq_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
 
 
 def post_training_quantize(ctx: JobContext, fp32_onnx: Path, out: Path) -> Path:
-    from edgeqat.quant import ptq_onnx
+    from edgeqat.quant import ptq_onnx, resolve_ort_gemm_convs
 
     batch = ctx.datamodule.batch_size
     images, _ = ctx.datamodule.split_arrays("train", limit=batch * ctx.cfg.quant.calibration_batches)
     return ptq_onnx(fp32_onnx, (images[i:i + batch] for i in range(0, len(images), batch)), out,
-                    ort_gemm_convs=_gemm_convs(ctx.cfg.quant))
-
-
-def _gemm_convs(q: DictConfig) -> bool:
-    """``quant.ort_gemm_convs``, where null means: on if this CPU has AMX int8 (``quant/gemm_routing.py``)."""
-    from edgeqat.quant import amx_int8_available
-
-    return amx_int8_available() if q.ort_gemm_convs is None else q.ort_gemm_convs
+                    ort_gemm_convs=resolve_ort_gemm_convs(ctx.cfg.quant.ort_gemm_convs))
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ post-training baseline.
 
 from edgeqat.quant.convert import convert
 from edgeqat.quant.errors import QuantizationError
-from edgeqat.quant.gemm_routing import amx_int8_available, route_deep_convs_to_gemm
+from edgeqat.quant.gemm_routing import amx_int8_available, resolve_ort_gemm_convs, route_deep_convs_to_gemm
 from edgeqat.quant.onnx_export import export_onnx
 from edgeqat.quant.ptq import ptq_onnx
 from edgeqat.quant.schedule import QATSchedule
@@ -43,6 +43,7 @@ __all__ = [
     "measure_latency_ms",
     "prepare_qat",
     "ptq_onnx",
+    "resolve_ort_gemm_convs",
     "route_deep_convs_to_gemm",
     "run_onnx",
 ]

@@ -29,8 +29,8 @@ from onnx import numpy_helper
 from edgeqat.quant.onnx_passes import apply_onnx_passes
 
 __all__ = [
-    "DEFAULT_MIN_DEPTH", "MIN_OUT_CHANNELS", "amx_int8_available", "route_deep_convs_to_gemm",
-    "weight_zero_point_is_zero",
+    "DEFAULT_MIN_DEPTH", "MIN_OUT_CHANNELS", "amx_int8_available", "resolve_ort_gemm_convs",
+    "route_deep_convs_to_gemm", "weight_zero_point_is_zero",
 ]
 
 # Where the AMX GEMM beat the symmetric kernel in benchmarks/ort_conv_kernels.py.
@@ -48,6 +48,11 @@ def amx_int8_available(cpuinfo: Path = _CPUINFO) -> bool:
             flags = set(line.partition(":")[2].split())
             return {"amx_tile", "amx_int8"} <= flags
     return False
+
+
+def resolve_ort_gemm_convs(setting: bool | None) -> bool:
+    """``quant.ort_gemm_convs``: True/False as given; None (the default) means where this CPU has AMX int8."""
+    return amx_int8_available() if setting is None else setting
 
 
 def weight_zero_point_is_zero(zero_point: np.ndarray | None) -> bool:

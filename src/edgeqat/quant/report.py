@@ -162,12 +162,13 @@ def _conv_kernels(model: onnx.ModelProto) -> dict[str, int]:
     """Count QLinearConv nodes by the kernel ORT picks from their weight zero point."""
     from onnx import numpy_helper
 
-    zero_points = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    convs = [node for node in model.graph.node if node.op_type == "QLinearConv"]
+    wanted = {node.input[5] for node in convs if len(node.input) > 5}
+    zero_points = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer if init.name in wanted}
     kernels: collections.Counter[str] = collections.Counter()
-    for node in model.graph.node:
-        if node.op_type == "QLinearConv":
-            zero_point = zero_points.get(node.input[5]) if len(node.input) > 5 else None
-            kernels["symmetric_conv" if weight_zero_point_is_zero(zero_point) else "gemm"] += 1
+    for node in convs:
+        zero_point = zero_points.get(node.input[5]) if len(node.input) > 5 else None
+        kernels["symmetric_conv" if weight_zero_point_is_zero(zero_point) else "gemm"] += 1
     return dict(kernels)
 
 

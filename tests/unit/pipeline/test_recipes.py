@@ -11,8 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from edgeqat.pipeline import list_recipes
-from edgeqat.pipeline.recipes import _gemm_convs
-from edgeqat.quant import evaluate_onnx
+from edgeqat.quant import evaluate_onnx, resolve_ort_gemm_convs
 from edgeqat.train import build, train
 
 # timm's tiny ResNet; zero_init_last off so QAT's simulated BN fold never divides by a zero gamma.
@@ -77,9 +76,9 @@ def test_qat_int8_metrics_come_from_the_exported_file(compose, tracking_uri: str
     ("null", True, True), ("null", False, False), ("true", False, True), ("false", True, False),
 ])
 def test_ort_gemm_convs_null_follows_the_cpu(compose, monkeypatch, setting: str, amx: bool, expected: bool) -> None:
-    monkeypatch.setattr("edgeqat.quant.amx_int8_available", lambda: amx)
+    monkeypatch.setattr("edgeqat.quant.gemm_routing.amx_int8_available", lambda: amx)
     assert compose().quant.ort_gemm_convs is None  # the default: decided by the exporting CPU
-    assert _gemm_convs(compose(f"quant.ort_gemm_convs={setting}").quant) is expected
+    assert resolve_ort_gemm_convs(compose(f"quant.ort_gemm_convs={setting}").quant.ort_gemm_convs) is expected
 
 
 def test_ptq_int8_recipe(compose, tracking_uri: str) -> None:
