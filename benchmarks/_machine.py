@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_facts() -> dict[str, Any]:
-    """CPU model, logical cores, torch threads and the versions that set the speed."""
+    """CPU model, its int8 ISA (what ORT's int8 kernels compute), cores, threads and library versions."""
     import torch
 
-    facts: dict[str, Any] = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(),
+    from edgeqat.quant import detect_cpu
+
+    cpu = detect_cpu()
+    facts: dict[str, Any] = {"cpu": cpu.model, "isa": cpu.isa.value, "logical_cpus": os.cpu_count(),
                              "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                              "torch": torch.__version__}
     for name in ("onnxruntime", "lightning", "mlflow"):

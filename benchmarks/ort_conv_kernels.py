@@ -20,7 +20,6 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from _machine import machine_facts
-from edgeqat.quant import amx_int8_available
 from edgeqat.quant.gemm_routing import DEFAULT_MIN_DEPTH, MIN_OUT_CHANNELS
 
 # (in_channels, out_channels, kernel, spatial, groups): the convs of the benchmarked families at 224².
@@ -92,7 +91,7 @@ def main() -> None:
                      "routed": groups == 1 and depth >= DEFAULT_MIN_DEPTH and cout >= MIN_OUT_CHANNELS})
         print(f"{cin:5d} {cout:5d} {k:2d} {hw:4d} {groups:6d} {depth:6d} {sym_us:8.0f} {gemm_us:8.0f} "
               f"{gemm_us / sym_us:5.2f}", flush=True)
-    meta = {**machine_facts(), "amx_int8": amx_int8_available(), "ort_threads": 1, "batch": 1, "iters": args.iters,
+    meta = {**machine_facts(), "ort_threads": 1, "batch": 1, "iters": args.iters,
             "method": "best of 3 medians per kernel", "min_depth": DEFAULT_MIN_DEPTH,
             "min_out_channels": MIN_OUT_CHANNELS}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 
 from _machine import machine_facts
-from edgeqat.quant import amx_int8_available, convert, export_onnx, freeze_bn_stats, freeze_observers, prepare_qat
+from edgeqat.quant import convert, export_onnx, freeze_bn_stats, freeze_observers, prepare_qat, resolve_ort_gemm_convs
 from quant_speed import build, sgd_steps
 
 CONV_OPS = {"Conv", "FusedConv", "QLinearConv"}
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ort_profile.json")
     args = parser.parse_args()
-    gemm = amx_int8_available()
+    gemm = resolve_ort_gemm_convs(None)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -104,7 +104,7 @@ def main() -> None:
                 f, i = row["fp32_ms"], row["int8_ms"]
                 ratio = f"x{f / i:.2f}" if f and i else ""
                 print(f"  {kind:24s} {f if f is not None else '-':>8} {i if i is not None else '-':>8} {ratio}")
-    meta = {**machine_facts(), "amx_int8": amx_int8_available(), "ort_gemm_convs": gemm, "ort_threads": 1,
+    meta = {**machine_facts(), "ort_gemm_convs": gemm, "ort_threads": 1,
             "batch": 1, "resolution": 224, "runs": args.runs, "method": "ORT profiler kernel times, mean per run"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "models": results}, indent=2))

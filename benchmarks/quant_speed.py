@@ -23,7 +23,6 @@ from torch import nn
 
 from _machine import machine_facts
 from edgeqat.quant import (
-    amx_int8_available,
     convert,
     export_onnx,
     file_size_mb,
@@ -145,7 +144,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--no-ptq", dest="ptq", action="store_false")
     parser.add_argument("--gemm-convs", type=lambda v: {"true": True, "false": False}[v.lower()], default=None,
-                        help="quant.ort_gemm_convs: true/false (default: where the CPU has AMX int8)")
+                        help="quant.ort_gemm_convs: true/false (default: where the CPU has AMX)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quant_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -160,7 +159,7 @@ def main() -> None:
                     line += f" | {variant} x{r[variant]['speedup']:.2f}"
             print(line, flush=True)
     meta = {
-        **machine_facts(), "amx_int8": amx_int8_available(), "ort_threads": args.threads, "batch": 1, "resolution": args.res,
+        **machine_facts(), "ort_threads": args.threads, "batch": 1, "resolution": args.res,
         "num_classes": args.num_classes, "method": "median of per-round medians, FP32/INT8 interleaved",
         "rounds": args.rounds, "iters": args.iters,
     }

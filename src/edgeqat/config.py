@@ -77,7 +77,11 @@ class QuantConfig:
     float_modules: list[str] = field(default_factory=list)  # submodules kept float (fallback for odd ops)
     # True: an RGB stem conv without a max pool after it computes in float (MobileNetV3 in ORT: 0.86x -> 0.95x)
     float_stem: bool = False
-    # Deep convs on ORT's AMX int8 GEMM, same outputs (quant/gemm_routing.py); None: where this CPU has AMX
+    # Dense weights the target CPU's int8 kernels compute exactly (quant/weight_format.py): int8 [-127, 127],
+    # int7 [-64, 64], u8 (int8 stored as uint8 + 128), auto = int7 where the target's kernels saturate (AVX2)
+    weight_range: str = "auto"
+    target_isa: Optional[str] = None  # the CPU the model is for (quant/isa.py: avx2, avx512_vnni, amx, ...); None: this one
+    # Deep convs on ORT's AMX int8 GEMM, same outputs (quant/gemm_routing.py); None: where the target has AMX
     ort_gemm_convs: Optional[bool] = None
     ptq_baseline: bool = False  # also quantize the FP32 model with ORT static PTQ (test/acc_ptq)
     calibration_batches: int = 8

@@ -19,7 +19,9 @@ from edgeqat.data import ClassificationDataModule
 from edgeqat.errors import EdgeqatError
 from edgeqat.lightning_modules import ClassifierModule
 from edgeqat.pipeline import JobContext, fit_and_test, make_trainer, run_recipe
-from edgeqat.pipeline.verify import export_fp32, verify
+from edgeqat.pipeline.verify import export_fp32, target_tags, verify
+from edgeqat.quant.isa import detect_cpu
+from edgeqat.quant.weight_format import resolve_weight_format
 from edgeqat.tracking import log_run_config, tracked_run
 from edgeqat.tracking.system_metrics import system_metrics
 
@@ -72,13 +74,15 @@ def load_fp32_weights(module: ClassifierModule, source: str) -> None:
 
 def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
     """Run one job as one MLflow run."""
+    weights = resolve_weight_format(cfg.quant.weight_range, cfg.quant.target_isa)  # bad names fail before any run
     datamodule, module = build(cfg)
     tc = cfg.tracking
     with tracked_run(tc.tracking_uri, tc.experiment_name, cfg.output_dir, tc.run_name, dict(tc.tags),
                      tc.close_timeout_s, tc.batch_window_s) as run, system_metrics(run, tc.system_metrics, tc.system_metrics_interval_s):
         log_run_config(run, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_yaml(cfg, resolve=True),
                        overrides, dataset=datamodule.name)
-        ctx = JobContext(cfg, run, datamodule, module)
+        run.recorder.set_tags(target_tags(detect_cpu(), weights))
+        ctx = JobContext(cfg, run, datamodule, module, weights)
         trainer, checkpoint = make_trainer(cfg, run, "fp32", ctx.fp32_epochs, total_epochs=ctx.total_epochs)
         ctx.metrics.update(fit_and_test(trainer, checkpoint, module, datamodule, cfg.ckpt_path))
         run.recorder.set_tags({"edgeqat.phase": "export"})

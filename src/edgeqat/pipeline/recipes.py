@@ -22,6 +22,7 @@ from edgeqat.data import ClassificationDataModule
 from edgeqat.errors import EdgeqatError
 from edgeqat.lightning_modules import ClassifierModule, Distillation
 from edgeqat.pipeline.trainer import fit_and_test, make_trainer
+from edgeqat.quant.weight_format import WeightFormat
 from edgeqat.tracking import RunContext
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class JobContext:
-    """Everything a recipe needs: config, run, data and the trained FP32 module."""
+    """Everything a recipe needs: config, run, data, the trained FP32 module and the target's weight format."""
 
     cfg: DictConfig
     run: RunContext
     datamodule: ClassificationDataModule
     module: ClassifierModule
+    weights: WeightFormat
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ort_gemm_convs(self) -> bool:
+        """``quant.ort_gemm_convs`` resolved for the target ISA (auto: on where it is AMX)."""
+        from edgeqat.quant import resolve_ort_gemm_convs
+
+        return resolve_ort_gemm_convs(self.cfg.quant.ort_gemm_convs, self.weights.target_isa)
 
     @property
     def fp32_epochs(self) -> int:
@@ -98,12 +107,12 @@ def fp32_only(ctx: JobContext, fp32_onnx: Path) -> None:
 @register_recipe("qat_int8")
 def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
     """Fake-quant fine-tuning of the FP32 weights, then convert and export the INT8 graph."""
-    from edgeqat.quant import QATSchedule, convert, export_onnx, prepare_qat, resolve_ort_gemm_convs
+    from edgeqat.quant import QATSchedule, convert, export_onnx, prepare_qat
 
     q = ctx.cfg.quant
     teacher = copy.deepcopy(ctx.module.backbone).eval() if q.distill_weight > 0 else None
     prepared = prepare_qat(ctx.module.backbone.eval(), ctx.example_input(), float_modules=list(q.float_modules),
-                          float_stem=q.float_stem)
+                           float_stem=q.float_stem, dense_weight_qmax=ctx.weights.dense_qmax)
     qat_module = ClassifierModule(
         backbone=prepared,
         optimizer=functools.partial(instantiate(q.qat_optimizer) if q.qat_optimizer else ctx.module.optimizer_factory,
@@ -122,7 +131,7 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
     ctx.run.recorder.set_tags({"edgeqat.phase": "export"})
     converted = convert(prepared)
     path = export_onnx(converted, ctx.example_input(), ctx.models_dir / "int8" / "model.onnx",
-                       ort_gemm_convs=resolve_ort_gemm_convs(q.ort_gemm_convs))
+                       ort_gemm_convs=ctx.ort_gemm_convs, weights=ctx.weights)
     return Int8Model(path, _torch_logits(prepared, ctx.datamodule.split_arrays("test")[0]))
 
 
@@ -133,12 +142,12 @@ def ptq_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
 
 
 def post_training_quantize(ctx: JobContext, fp32_onnx: Path, out: Path) -> Path:
-    from edgeqat.quant import ptq_onnx, resolve_ort_gemm_convs
+    from edgeqat.quant import ptq_onnx
 
     batch = ctx.datamodule.batch_size
     images, _ = ctx.datamodule.split_arrays("train", limit=batch * ctx.cfg.quant.calibration_batches)
     return ptq_onnx(fp32_onnx, (images[i:i + batch] for i in range(0, len(images), batch)), out,
-                    ort_gemm_convs=resolve_ort_gemm_convs(ctx.cfg.quant.ort_gemm_convs))
+                    ort_gemm_convs=ctx.ort_gemm_convs, weights=ctx.weights)
 
 
 @torch.no_grad()

@@ -7,6 +7,14 @@ from pathlib import Path
 
 from edgeqat.pipeline.damage import log_damage
 from edgeqat.pipeline.recipes import Int8Model, JobContext, post_training_quantize
+from edgeqat.quant.isa import CpuInfo, detect_cpu
+from edgeqat.quant.weight_format import WeightFormat
+
+
+def target_tags(cpu: CpuInfo, weights: WeightFormat) -> dict[str, str]:
+    """Where the run's figures come from (``edgeqat.cpu``, ``edgeqat.isa``) and what the INT8 file is for."""
+    return {**cpu.tags(), "edgeqat.target_isa": weights.target_isa.value,
+            "edgeqat.weight_range": weights.range.value}
 
 
 def export_fp32(ctx: JobContext) -> Path:
@@ -42,7 +50,10 @@ def _speedups(metrics: dict[str, float], prefix: str) -> dict[str, float]:
 
 def verify(ctx: JobContext, fp32_onnx: Path, int8: Int8Model | None) -> dict[str, float]:
     """Accuracy, agreement, kernels, latency and size of the exported files; logs metrics and artifacts."""
+    import onnx
+
     from edgeqat.quant import assert_integer_kernels, evaluate_onnx, file_size_mb, inspect_ort_graph
+    from edgeqat.quant.weight_format import dense_weight_extremes
 
     rec, q = ctx.run.recorder, ctx.cfg.quant
     rec.set_tags({"edgeqat.phase": "verify"})
@@ -69,9 +80,15 @@ def verify(ctx: JobContext, fp32_onnx: Path, int8: Int8Model | None) -> dict[str
         m["int8/size_ratio"] = m["int8/size_mb"] / m["fp32/size_mb"]
         if result.top1_agreement is not None:
             m["int8/top1_agreement"] = result.top1_agreement
+        if result.max_step_drift is not None:
+            m["int8/max_step_drift"] = result.max_step_drift
+            m["int8/mean_step_drift"] = result.mean_step_drift
+        m["int8/dense_weight_max"] = float(max(dense_weight_extremes(onnx.load(str(int8.path))).values(), default=0))
         m.update(_speedups(m, "int8"))
         rec.log_artifact(int8.path, "int8", copy=False)
-        rec.log_dict(result.to_dict(), "int8/verification.json")
+        cpu = detect_cpu()  # the CPU every figure above was measured on
+        rec.log_dict({**result.to_dict(), "cpu": cpu.model, "isa": cpu.isa.value, **ctx.weights.to_dict(),
+                      "dense_weight_max": m["int8/dense_weight_max"]}, "int8/verification.json")
         log_damage(rec, ctx.datamodule.class_names, fp32_result, result)
     if q.ptq_baseline and q.mode != "ptq_int8":
         ptq_path = post_training_quantize(ctx, fp32_onnx, ctx.models_dir / "ptq" / "model.onnx")

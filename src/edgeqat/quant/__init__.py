@@ -11,7 +11,8 @@ post-training baseline.
 
 from edgeqat.quant.convert import convert
 from edgeqat.quant.errors import QuantizationError
-from edgeqat.quant.gemm_routing import amx_int8_available, resolve_ort_gemm_convs, route_deep_convs_to_gemm
+from edgeqat.quant.gemm_routing import resolve_ort_gemm_convs, route_deep_convs_to_gemm
+from edgeqat.quant.isa import CpuInfo, Isa, detect_cpu, emulate_u8s8_conv
 from edgeqat.quant.onnx_export import export_onnx
 from edgeqat.quant.ptq import ptq_onnx
 from edgeqat.quant.schedule import QATSchedule
@@ -21,19 +22,25 @@ from edgeqat.quant.quantizer import EdgeQuantizer
 from edgeqat.quant.report import FloatNode, GraphReport, assert_integer_kernels, inspect_ort_graph
 from edgeqat.quant.steps import QuantStep
 from edgeqat.quant.verify import VerifyResult, evaluate_onnx, file_size_mb, measure_latency_ms, run_onnx
+from edgeqat.quant.weight_format import WeightFormat, WeightRange, resolve_weight_format, store_weights_as_u8
 
 __all__ = [
+    "CpuInfo",
     "EdgeQuantizer",
     "FloatNode",
     "GraphReport",
+    "Isa",
     "QATModel",
     "QATSchedule",
     "QuantStep",
     "QuantizationError",
     "VerifyResult",
-    "amx_int8_available",
+    "WeightFormat",
+    "WeightRange",
     "assert_integer_kernels",
     "convert",
+    "detect_cpu",
+    "emulate_u8s8_conv",
     "evaluate_onnx",
     "export_onnx",
     "file_size_mb",
@@ -44,6 +51,8 @@ __all__ = [
     "prepare_qat",
     "ptq_onnx",
     "resolve_ort_gemm_convs",
+    "resolve_weight_format",
     "route_deep_convs_to_gemm",
     "run_onnx",
+    "store_weights_as_u8",
 ]

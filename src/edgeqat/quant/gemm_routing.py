@@ -11,48 +11,42 @@ up to 1.8x slower on it, convs with <= 64 outputs at large spatial sizes up to 1
 
 The rewrite changes no number. For each such conv the stored int8 weights move by -1 and the zero
 point becomes -1, so ``w_q - zero_point`` is the same integer and ORT computes the same outputs bit
-for bit. Weights are in [-127, 127], so the shift always fits int8.
+for bit, as long as the stored weights stay within what the target's kernels compute exactly
+(``exact_bound``: any int8 on VNNI/AMX/ARM; |w| <= 64 where AVX2's ``vpmaddubsw`` saturates, so
+there a conv with a weight at -64 keeps its kernel, see ``isa``).
 
-CPUs without AMX keep the symmetric kernel: ``quant.ort_gemm_convs=null`` (auto) turns the rewrite
-on only where the exporting CPU reports ``amx_int8``; true or false forces it.
+Targets without AMX keep the symmetric kernel: ``quant.ort_gemm_convs=null`` (auto) turns the rewrite
+on only where the target ISA (``quant.target_isa``, default the exporting CPU's) is AMX; true or
+false forces it.
 """
 
 from __future__ import annotations
-
-import platform
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgeqat.quant.isa import Isa, detect_cpu
 from edgeqat.quant.onnx_passes import apply_onnx_passes
 
 __all__ = [
-    "DEFAULT_MIN_DEPTH", "MIN_OUT_CHANNELS", "amx_int8_available", "resolve_ort_gemm_convs",
-    "route_deep_convs_to_gemm", "weight_zero_point_is_zero",
+    "DEFAULT_MIN_DEPTH", "MIN_OUT_CHANNELS", "resolve_ort_gemm_convs", "route_deep_convs_to_gemm",
+    "weight_zero_point_is_zero",
 ]
 
 # Where the AMX GEMM beat the symmetric kernel in benchmarks/ort_conv_kernels.py.
 DEFAULT_MIN_DEPTH = 256  # in_channels * kh * kw
 MIN_OUT_CHANNELS = 65  # i.e. more than 64
-_CPUINFO = Path("/proc/cpuinfo")
 
 
-def amx_int8_available(cpuinfo: Path = _CPUINFO) -> bool:
-    """True when this CPU (as the Linux kernel reports it) runs AMX int8 tiles, which MLAS's GEMM uses."""
-    if platform.machine().lower() not in ("x86_64", "amd64") or not cpuinfo.exists():
-        return False
-    for line in cpuinfo.read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.partition(":")[2].split())
-            return {"amx_tile", "amx_int8"} <= flags
-    return False
+def resolve_ort_gemm_convs(setting: bool | None, target_isa: Isa | None = None) -> bool:
+    """``quant.ort_gemm_convs``: True/False as given; None (the default) means where the target has AMX.
 
-
-def resolve_ort_gemm_convs(setting: bool | None) -> bool:
-    """``quant.ort_gemm_convs``: True/False as given; None (the default) means where this CPU has AMX int8."""
-    return amx_int8_available() if setting is None else setting
+    ``target_isa`` None: the exporting CPU's own (``isa.detect_cpu``).
+    """
+    if setting is not None:
+        return setting
+    return (target_isa or detect_cpu().isa) is Isa.AMX
 
 
 def weight_zero_point_is_zero(zero_point: np.ndarray | None) -> bool:
@@ -60,11 +54,14 @@ def weight_zero_point_is_zero(zero_point: np.ndarray | None) -> bool:
     return zero_point is None or not np.any(zero_point)
 
 
-def route_deep_convs_to_gemm(model: onnx.ModelProto, min_depth: int = DEFAULT_MIN_DEPTH) -> int:
+def route_deep_convs_to_gemm(
+    model: onnx.ModelProto, min_depth: int = DEFAULT_MIN_DEPTH, exact_bound: int = Isa.AMX.exact_weight_bound
+) -> int:
     """Give each dense Conv with reduction depth >= ``min_depth`` a weight zero point of -1, in place.
 
     Only rewrites a Conv whose weight is ``DequantizeLinear(int8 initializer, scale, zero point 0)``,
-    with ``group == 1`` and at least ``MIN_OUT_CHANNELS`` outputs. Returns how many were rewritten.
+    with ``group == 1``, at least ``MIN_OUT_CHANNELS`` outputs, and shifted weights within
+    ``exact_bound`` (the target's ``Isa.exact_weight_bound``). Returns how many were rewritten.
     """
     if min_depth < 1:
         raise ValueError(f"min_depth must be >= 1, got {min_depth}")
@@ -84,7 +81,8 @@ def route_deep_convs_to_gemm(model: onnx.ModelProto, min_depth: int = DEFAULT_MI
         w = numpy_helper.to_array(weight)
         zp = numpy_helper.to_array(zero_point)
         deep = w.ndim >= 3 and int(np.prod(w.shape[1:])) >= min_depth and w.shape[0] >= MIN_OUT_CHANNELS
-        if not deep or np.any(zp) or w.min() == -128:  # -128: not our symmetric grid, no room to shift
+        # -128 is not our symmetric grid (no room to shift); past exact_bound the target's kernel saturates.
+        if not deep or np.any(zp) or w.min() == -128 or max(-int(w.min()) + 1, int(w.max()) - 1) > exact_bound:
             continue
         # New initializers: the exporter shares one zero-point tensor between many weights.
         names = (f"{weight.name}_gemm_{routed}", f"{zero_point.name}_gemm_{routed}")

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from edgeqat.quant.errors import QuantizationError
-from edgeqat.quant.gemm_routing import route_deep_convs_to_gemm
 from edgeqat.quant.onnx_passes import apply_onnx_passes
 from edgeqat.quant.steps import QuantStep
+from edgeqat.quant.weight_format import WeightFormat, finish_int8_weights
 
 __all__ = ["export_onnx"]
 
@@ -22,17 +22,24 @@ _PROTOBUF_LIMIT = 2_000_000_000  # bytes; bigger models need external data
 
 
 def export_onnx(
-    model: nn.Module, example_input: torch.Tensor, path: str | Path, ort_gemm_convs: bool = False
+    model: nn.Module,
+    example_input: torch.Tensor,
+    path: str | Path,
+    ort_gemm_convs: bool = False,
+    weights: WeightFormat | None = None,
 ) -> Path:
     """Export with the dynamo exporter, batch axis dynamic, then apply ``onnx_passes``.
 
     For a converted model the weights end up as int8 initializers feeding DequantizeLinear; the
     same call exports the FP32 sibling artifact from the float model. The file is self-contained
     unless it exceeds protobuf's 2 GB limit (then weights go to ``<name>.data`` beside it).
-    ``ort_gemm_convs`` sends deep convs to ORT's AMX int8 GEMM, same outputs (``gemm_routing``).
+    ``ort_gemm_convs`` sends deep convs to ORT's AMX int8 GEMM, same outputs (``gemm_routing``);
+    ``weights`` is the target's weight format: its grid is checked and, for ``u8``, dense weights
+    are stored as uint8 (``weight_format.finish_int8_weights``). None: neither (FP32 exports).
 
     Raises:
-        QuantizationError: the exporter failed (message names the op it could not translate).
+        QuantizationError: the exporter failed (message names the op it could not translate), or
+            the weights leave the grid of ``weights``.
     """
     import onnx
     from torch.export import Dim
@@ -62,8 +69,7 @@ def export_onnx(
         model.train(was_training)
     proto = program.model_proto
     counts = apply_onnx_passes(proto)
-    if ort_gemm_convs:
-        counts["route_deep_convs_to_gemm"] = route_deep_convs_to_gemm(proto)
+    counts.update(finish_int8_weights(proto, weights, ort_gemm_convs))
     log.debug("ONNX passes on %s: %s", path.name, counts)
     external = proto.ByteSize() > _PROTOBUF_LIMIT
     data_path = path.with_name(path.name + ".data")

@@ -29,6 +29,7 @@ def prepare_qat(
     *,
     float_modules: Sequence[str] = (),
     float_stem: bool = False,
+    dense_weight_qmax: int = 127,
 ) -> QATModel:
     """Export ``model`` and insert QAT fake-quant; returns the trainable fake-quant model.
 
@@ -43,6 +44,8 @@ def prepare_qat(
         float_modules: qualified submodule names to keep in float.
         float_stem: let an RGB stem conv with no max pool after it compute in float (faster in ORT
             for MobileNetV3, see ``EdgeQuantizer``); default: every conv is integer.
+        dense_weight_qmax: largest |w_q| of dense conv/linear weights: 64 trains the 7-bit grid a
+            saturating target computes exactly (``WeightFormat.dense_qmax``); depthwise keep 127.
 
     Raises:
         QuantizationError: a BatchNorm weight is exactly zero, a parameter is not finite, a name in
@@ -57,7 +60,9 @@ def prepare_qat(
 
     try:
         with only_present_conv_kinds(graph):
-            prepared = prepare_qat_pt2e(graph, EdgeQuantizer(float_modules=float_modules, float_stem=float_stem))
+            quantizer = EdgeQuantizer(float_modules=float_modules, float_stem=float_stem,
+                                      dense_weight_qmax=dense_weight_qmax)
+            prepared = prepare_qat_pt2e(graph, quantizer)
     except Exception as exc:  # torchao raises plain exceptions/asserts
         raise QuantizationError(
             f"[{QuantStep.PREPARE.value}] inserting fake-quant failed: {type(exc).__name__}: {exc}. "

@@ -9,13 +9,17 @@ from pathlib import Path
 import numpy as np
 
 from edgeqat.quant.errors import QuantizationError
-from edgeqat.quant.gemm_routing import route_deep_convs_to_gemm
+from edgeqat.quant.weight_format import WeightFormat, WeightRange, finish_int8_weights
 
 __all__ = ["ptq_onnx"]
 
 
 def ptq_onnx(
-    fp32_onnx: str | Path, calibration: Iterable[np.ndarray], out: str | Path, ort_gemm_convs: bool = False
+    fp32_onnx: str | Path,
+    calibration: Iterable[np.ndarray],
+    out: str | Path,
+    ort_gemm_convs: bool = False,
+    weights: WeightFormat | None = None,
 ) -> Path:
     """QDQ, per-channel int8 weights, uint8 activations, MinMax calibration (ORT ``quantize_static``).
 
@@ -26,6 +30,9 @@ def ptq_onnx(
         calibration: batches (N, C, H, W) float32, normalized as in training.
         out: where to write the quantized model.
         ort_gemm_convs: send deep convs to ORT's AMX int8 GEMM, as ``export_onnx`` does (``gemm_routing``).
+        weights: the target's weight format, as in ``export_onnx``. ``int7`` is ORT's own
+            ``reduce_range``, which narrows *every* weight to 7 bits, depthwise convs included (ORT
+            has no per-node setting); QAT narrows only the kernels that saturate.
 
     Raises:
         QuantizationError: no calibration batch, or ORT's quantizer failed.
@@ -65,13 +72,13 @@ def ptq_onnx(
                 str(pre), str(quantized), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                reduce_range=weights is not None and weights.range is WeightRange.INT7,
             )
         except Exception as exc:
             raise QuantizationError(
                 f"ORT static quantization of {fp32_onnx} failed: {type(exc).__name__}: {exc}"
             ) from exc
         model = onnx.load(str(quantized))
-    if ort_gemm_convs:
-        route_deep_convs_to_gemm(model)
+    finish_int8_weights(model, weights, ort_gemm_convs)
     onnx.save(model, str(out))
     return out

@@ -5,7 +5,9 @@ activations) or live in ``torchao.testing`` (XNNPACK, deprecated). The policy he
 QDQ fusions on x86:
 
 * weights int8, symmetric, per output channel (-127..127); activations uint8, per-tensor affine
-  (ORT's x86 QLinearConv/QGemm fusions want u8 activations x s8 weights);
+  (ORT's x86 QLinearConv/QGemm fusions want u8 activations x s8 weights). With
+  ``dense_weight_qmax=64`` (``quant.weight_range=int7``) dense conv and linear weights train on the
+  7-bit grid that AVX2's saturating kernels compute exactly; depthwise convs keep 127 (``weight_format``);
 * a *unit* is quantized at its inputs and at its last node only: ``conv[->bn][->relu|relu6]``,
   ``linear[->relu|relu6]``, ``add[->relu]``. With no QuantizeLinear between conv and ReLU/Clip,
   ORT drops the activation and emits one QLinearConv (what makes EfficientNet-Lite fast);
@@ -94,7 +96,8 @@ class QuantSpecs:
     """The quantization specs every annotator draws from (one policy, one place)."""
 
     activation: QuantizationSpec
-    weight: QuantizationSpec
+    weight: QuantizationSpec  # depthwise convs (their ORT kernel is exact on every CPU)
+    dense_weight: QuantizationSpec  # dense convs and linears: int8, or int7 for a saturating target
     unit_interval: FixedQParamsQuantizationSpec  # outputs in [0, 1]: sigmoid
     signed_unit_interval: FixedQParamsQuantizationSpec  # outputs in [-1, 1]: tanh
     zero_to_six: FixedQParamsQuantizationSpec  # relu6(x + 3) inside hardsigmoid
@@ -102,8 +105,13 @@ class QuantSpecs:
     float_stem: bool = False  # policy, not a spec: the RGB stem conv may compute in float (_is_float_stem)
 
     @classmethod
-    def create(cls, qat: bool = True) -> QuantSpecs:
-        """uint8 per-tensor activations and int8 per-channel symmetric weights, QAT or PTQ observers."""
+    def create(cls, qat: bool = True, dense_weight_qmax: int = 127) -> QuantSpecs:
+        """uint8 per-tensor activations and int8 per-channel symmetric weights, QAT or PTQ observers.
+
+        ``dense_weight_qmax`` bounds |w_q| of dense conv/linear weights (64: ``quant.weight_range=int7``).
+        """
+        if not 1 <= dense_weight_qmax <= 127:
+            raise ValueError(f"dense_weight_qmax must lie in [1, 127], got {dense_weight_qmax}")
         if qat:
             act_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, eps=_EPS)
             w_ctr = WeightFakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, eps=_EPS)
@@ -118,6 +126,7 @@ class QuantSpecs:
             dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
             ch_axis=0, observer_or_fake_quant_ctr=w_ctr,
         )
+        dense_weight = dataclasses.replace(weight, quant_min=-dense_weight_qmax, quant_max=dense_weight_qmax)
         signed = FixedQParamsQuantizationSpec(
             dtype=torch.uint8, scale=2.0 / 256.0, zero_point=128, quant_min=0, quant_max=255,
             qscheme=torch.per_tensor_affine,
@@ -138,8 +147,8 @@ class QuantSpecs:
             dtype=torch.uint8, scale=1.0 / 255.0, zero_point=0, quant_min=0, quant_max=255,
             qscheme=torch.per_tensor_affine,
         )
-        return cls(activation=activation, weight=weight, unit_interval=unit, signed_unit_interval=signed,
-                   zero_to_six=zero_to_six, hard_sigmoid=hard_sigmoid)
+        return cls(activation=activation, weight=weight, dense_weight=dense_weight, unit_interval=unit,
+                   signed_unit_interval=signed, zero_to_six=zero_to_six, hard_sigmoid=hard_sigmoid)
 
 
 Annotator = Callable[[GraphModule, QuantSpecs, NodeFilter], None]
@@ -173,14 +182,18 @@ class EdgeQuantizer(Quantizer):
         rewrites: apply the exact graph rewrites of ``fx_passes`` (SiLU split, mean -> global
             pool, channel shuffle -> index_select, hard activations) before annotating.
         float_stem: keep an RGB stem conv float when no max pool follows it (see ``_is_float_stem``).
+        dense_weight_qmax: largest |w_q| of dense conv/linear weights; 64 for a target whose dense
+            kernels saturate (``WeightFormat.dense_qmax``), 127 otherwise.
     """
 
     def __init__(
-        self, float_modules: Sequence[str] = (), qat: bool = True, rewrites: bool = True, float_stem: bool = False
+        self, float_modules: Sequence[str] = (), qat: bool = True, rewrites: bool = True, float_stem: bool = False,
+        dense_weight_qmax: int = 127,
     ) -> None:
         super().__init__()
         self.float_modules = tuple(float_modules)
-        self.specs = dataclasses.replace(QuantSpecs.create(qat=qat), float_stem=float_stem)
+        self.specs = dataclasses.replace(QuantSpecs.create(qat=qat, dense_weight_qmax=dense_weight_qmax),
+                                         float_stem=float_stem)
         self.rewrites = rewrites
         self.rewrite_counts: dict[str, int] = {}
 
@@ -281,6 +294,13 @@ def _is_float_stem(op: Node) -> bool:
     )
 
 
+def _is_depthwise(op: Node) -> bool:
+    """One input and one output channel per group: ORT's depthwise kernel, exact on every CPU."""
+    w = op.args[1].meta.get("val") if isinstance(op.args[1], Node) else None
+    groups = op.args[6] if op.target in _CONV and len(op.args) > 6 else 1
+    return isinstance(w, torch.Tensor) and groups > 1 and w.shape[1] == 1 and w.shape[0] == groups
+
+
 def _annotate_weighted_units(
     gm: GraphModule, specs: QuantSpecs, allowed: NodeFilter, ops: set, with_bn: bool
 ) -> None:
@@ -296,7 +316,8 @@ def _annotate_weighted_units(
         if act is not None and allowed(act) and not _is_annotated(act):
             unit.append(act)
         x, weight = op.args[0], op.args[1]
-        inputs: dict[Node, QuantizationSpecBase] = {x: specs.activation, weight: specs.weight}
+        weight_spec = specs.weight if _is_depthwise(op) else specs.dense_weight
+        inputs: dict[Node, QuantizationSpecBase] = {x: specs.activation, weight: weight_spec}
         if specs.float_stem and _is_float_stem(op) and _sole_user(unit[-1], {aten.max_pool2d.default}) is None:
             # Float conv, quantized unit output. The conv stays unannotated (torchao's conv-BN
             # fusion expects a conv annotation to carry input qspecs).

@@ -10,28 +10,61 @@ import numpy as np
 
 from edgeqat.quant.ort_session import cpu_session
 
-__all__ = ["VerifyResult", "evaluate_onnx", "file_size_mb", "measure_latency_ms", "run_onnx"]
+__all__ = ["VerifyResult", "evaluate_onnx", "file_size_mb", "measure_latency_ms", "output_step", "run_onnx"]
 
 
 @dataclass
 class VerifyResult:
-    """Accuracy of an ONNX model in ORT and its top-1 agreement with reference (torch) logits."""
+    """Accuracy of an ONNX model in ORT and how far it is from reference (torch) logits.
+
+    ``max_step_drift`` / ``mean_step_drift``: |ORT - reference| in output quantization steps (the
+    scale of the DequantizeLinear that produces the logits). Torch's fake-quant and ORT compute the
+    same integers, so only float summation order may flip a rounding: <= 1 step where the target's
+    kernels are exact; a saturating kernel (``isa``) shows as tens of steps.
+    """
 
     accuracy: float
     top1_agreement: float | None
     per_class_accuracy: list[float]
     confusion: np.ndarray  # (num_classes, num_classes), rows = true class, columns = prediction
     n: int
+    max_step_drift: float | None = None
+    mean_step_drift: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (NaN per-class accuracy for classes absent from the labels -> None)."""
         return {
             "accuracy": self.accuracy,
             "top1_agreement": self.top1_agreement,
+            "max_step_drift": self.max_step_drift,
+            "mean_step_drift": self.mean_step_drift,
             "per_class_accuracy": [None if np.isnan(a) else a for a in self.per_class_accuracy],
             "confusion": self.confusion.tolist(),
             "n": self.n,
         }
+
+
+def output_step(onnx_path: str | Path) -> float | None:
+    """The quantization step of the model's output: the scale of the DequantizeLinear producing it.
+
+    None for a float output (an FP32 model, or a float op after the last quantized one).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    node = producers.get(model.graph.output[0].name)
+    while node is not None and node.op_type in ("Identity", "Reshape", "Flatten", "Squeeze"):
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "DequantizeLinear":
+        return None
+    scales = {init.name: init for init in model.graph.initializer}
+    scale = scales.get(node.input[1])
+    if scale is None:
+        return None
+    value = numpy_helper.to_array(scale)
+    return float(value) if value.size == 1 else None
 
 
 def run_onnx(onnx_path: str | Path, images: np.ndarray, batch_size: int = 64, threads: int = 1) -> np.ndarray:
@@ -58,7 +91,7 @@ def evaluate_onnx(
         images: (N, C, H, W) float32, already normalized as in training.
         labels: (N,) integer class ids.
         reference_logits: (N, K) logits of the torch model (fake-quant) on the same images; gives
-            ``top1_agreement``, the fraction of equal argmax.
+            ``top1_agreement``, the fraction of equal argmax, and the drift in output steps.
     """
     images = np.asarray(images)
     labels = np.asarray(labels).astype(np.int64).ravel()
@@ -76,7 +109,7 @@ def evaluate_onnx(
     support = confusion.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
-    agreement = None
+    agreement = max_drift = mean_drift = None
     if reference_logits is not None:
         reference_logits = np.asarray(reference_logits)
         if reference_logits.shape != logits.shape:
@@ -84,12 +117,18 @@ def evaluate_onnx(
                 f"reference_logits shape {reference_logits.shape} does not match the model output {logits.shape}"
             )
         agreement = float((reference_logits.argmax(1) == preds).mean())
+        step = output_step(onnx_path)
+        if step:
+            drift = np.abs(logits - reference_logits) / step
+            max_drift, mean_drift = float(drift.max()), float(drift.mean())
     return VerifyResult(
         accuracy=float((preds == labels).mean()),
         top1_agreement=agreement,
         per_class_accuracy=[float(a) for a in per_class],
         confusion=confusion,
         n=len(labels),
+        max_step_drift=max_drift,
+        mean_step_drift=mean_drift,
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from edgeqat.pipeline import list_recipes
-from edgeqat.quant import evaluate_onnx, resolve_ort_gemm_convs
+from edgeqat.quant import Isa, detect_cpu, evaluate_onnx, resolve_ort_gemm_convs
 from edgeqat.train import build, train
 
 # timm's tiny ResNet; zero_init_last off so QAT's simulated BN fold never divides by a zero gamma.
@@ -44,9 +44,21 @@ def test_qat_int8_metrics_come_from_the_exported_file(compose, tracking_uri: str
     assert m["int8/acc_drop"] == pytest.approx(m["test/acc_fp32"] - m["test/acc_int8"])
     assert m["int8/top1_agreement"] >= 0.97  # fake-quant torch vs ORT INT8 on the test split
     assert m["int8/qlinearconv"] > 0 and m["int8/size_ratio"] < 0.4
-    # quant.ort_gemm_convs: test_resnet's two deep layer4 convs run on ORT's GEMM kernel, as report.json says
+    # quant.ort_gemm_convs: test_resnet's two deep layer4 convs run on ORT's GEMM kernel, as report.json says;
+    # not on a CPU whose kernels saturate, where both have a 7-bit weight at -64 that the shift would push out.
+    cpu = detect_cpu()
     report = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/report.json")
-    assert report["qlinearconv_kernels"]["gemm"] == m["int8/qlinearconv_gemm"] == 2
+    routed = 0 if cpu.isa.saturates_u8s8 else 2
+    assert report["qlinearconv_kernels"].get("gemm", 0) == m["int8/qlinearconv_gemm"] == routed
+    # The CPU and ISA every figure comes from; the file computes on it what fake-quant computed.
+    tags = run.data.tags
+    assert tags["edgeqat.cpu"] == cpu.model and tags["edgeqat.isa"] == tags["edgeqat.target_isa"] == cpu.isa.value
+    assert tags["edgeqat.weight_range"] == ("int7" if cpu.isa.saturates_u8s8 else "int8")
+    assert m["int8/dense_weight_max"] == (64 if cpu.isa.saturates_u8s8 else 127)
+    assert m["int8/max_step_drift"] <= 1.0 + 1e-6 and m["int8/mean_step_drift"] < 0.01
+    verification = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/verification.json")
+    assert verification["isa"] == cpu.isa.value and verification["exact_on_target"] is True
+    assert verification["max_step_drift"] == pytest.approx(m["int8/max_step_drift"])
     # FP32 trained with AdamW (optim=adamw); QAT fine-tuned with quant.qat_optimizer at quant.qat_lr
     assert "lr-AdamW" in m and m["lr-SGD"] == pytest.approx(cfg.quant.qat_lr)
     assert {"int8/model.onnx", "int8/report.json", "int8/verification.json", "int8/per_class_damage.json",
@@ -68,17 +80,17 @@ def test_qat_int8_metrics_come_from_the_exported_file(compose, tracking_uri: str
     assert sum(r["n"] for r in rows) == len(labels)
     assert np.average([r["acc_int8"] for r in rows], weights=[r["n"] for r in rows]) == pytest.approx(
         m["test/acc_int8"], abs=1e-3)
-    tags = run.data.tags
     assert tags["edgeqat.phase"] == "verify" and tags["edgeqat.progress"] == "100"
 
 
-@pytest.mark.parametrize(("setting", "amx", "expected"), [
-    ("null", True, True), ("null", False, False), ("true", False, True), ("false", True, False),
+@pytest.mark.parametrize(("setting", "isa", "expected"), [
+    ("null", Isa.AMX, True), ("null", Isa.AVX512_VNNI, False), ("null", Isa.AVX2, False), ("true", Isa.AVX2, True),
+    ("false", Isa.AMX, False),
 ])
-def test_ort_gemm_convs_null_follows_the_cpu(compose, monkeypatch, setting: str, amx: bool, expected: bool) -> None:
-    monkeypatch.setattr("edgeqat.quant.gemm_routing.amx_int8_available", lambda: amx)
-    assert compose().quant.ort_gemm_convs is None  # the default: decided by the exporting CPU
-    assert resolve_ort_gemm_convs(compose(f"quant.ort_gemm_convs={setting}").quant.ort_gemm_convs) is expected
+def test_ort_gemm_convs_null_follows_the_target(compose, setting: str, isa: Isa, expected: bool) -> None:
+    assert compose().quant.ort_gemm_convs is None  # the default: decided by the target ISA
+    assert resolve_ort_gemm_convs(compose(f"quant.ort_gemm_convs={setting}").quant.ort_gemm_convs, isa) is expected
+    assert resolve_ort_gemm_convs(None) is (detect_cpu().isa is Isa.AMX)  # no target named: this CPU
 
 
 def test_ptq_int8_recipe(compose, tracking_uri: str) -> None:

@@ -19,13 +19,18 @@ def _two_threads() -> None:
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Artifacts]:
-    """Lazily built per model name: FP32 -> QAT -> convert -> ONNX (FP32 and INT8)."""
+    """Lazily built per model name: FP32 -> QAT -> convert -> ONNX (FP32 and INT8).
+
+    ``artifacts["test_resnet"]`` has this CPU's weight format (``quant.weight_range=auto``);
+    ``artifacts["test_resnet:int8"]`` forces one (``:int8``, ``:int7``, ``:u8``).
+    """
     out = tmp_path_factory.mktemp("quant_artifacts")
     cache: dict[str, Artifacts] = {}
 
     class _Lazy(dict):
         def __missing__(self, name: str) -> Artifacts:
-            cache[name] = make_artifacts(name, Path(out))
+            model, _, weight_range = name.partition(":")
+            cache[name] = make_artifacts(model, Path(out), weight_range or "auto")
             self[name] = cache[name]
             return cache[name]
 

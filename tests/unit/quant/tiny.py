@@ -10,7 +10,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeqat.quant import QATModel, convert, export_onnx, freeze_bn_stats, freeze_observers, prepare_qat
+from edgeqat.quant import (
+    QATModel,
+    WeightFormat,
+    convert,
+    export_onnx,
+    freeze_bn_stats,
+    freeze_observers,
+    prepare_qat,
+    resolve_weight_format,
+)
 
 NUM_CLASSES = 4
 RES = 32
@@ -126,13 +135,19 @@ class Artifacts:
     int8_onnx: Path
     images: np.ndarray
     labels: np.ndarray
+    weights: WeightFormat
 
 
-def make_artifacts(name: str, out_dir: Path) -> Artifacts:
-    """FP32 training -> prepare -> short QAT with both freezes -> convert -> export both."""
+def make_artifacts(name: str, out_dir: Path, weight_range: str = "auto") -> Artifacts:
+    """FP32 training -> prepare -> short QAT with both freezes -> convert -> export both.
+
+    ``weight_range`` as ``quant.weight_range``, for this CPU: ``auto`` gives the weights this CPU's
+    int8 kernels compute exactly (int7 on AVX2 without VNNI), which is what the pipeline exports.
+    """
+    weights = resolve_weight_format(weight_range)
     fp32 = build(name)
     train(fp32, steps=40, lr=1e-2)
-    prepared = prepare_qat(fp32, synthetic_batch(4, seed=99)[0])
+    prepared = prepare_qat(fp32, synthetic_batch(4, seed=99)[0], dense_weight_qmax=weights.dense_qmax)
     train(prepared, steps=8, lr=1e-3, seed=1)
     freeze_observers(prepared)
     freeze_bn_stats(prepared)
@@ -144,8 +159,9 @@ def make_artifacts(name: str, out_dir: Path) -> Artifacts:
         fp32=fp32,
         prepared=prepared,
         converted=converted,
-        fp32_onnx=export_onnx(fp32, example, out_dir / f"{name}_fp32.onnx"),
-        int8_onnx=export_onnx(converted, example, out_dir / f"{name}_int8.onnx"),
+        fp32_onnx=export_onnx(fp32, example, out_dir / f"{name}_{weight_range}_fp32.onnx"),
+        int8_onnx=export_onnx(converted, example, out_dir / f"{name}_{weight_range}_int8.onnx", weights=weights),
         images=images.numpy(),
         labels=labels.numpy(),
+        weights=weights,
     )
