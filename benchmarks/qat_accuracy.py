@@ -1,6 +1,7 @@
 """QAT vs PTQ vs FP32 accuracy on the real bundled MNIST subset, for the four families.
 
     python benchmarks/qat_accuracy.py [--models resnet18 ...] [--seeds 42 0 1] [--extra "trainer.max_epochs=6"]
+    python benchmarks/qat_accuracy.py --weight-ranges int8 int7     # the cost of 7-bit weights, per family
 
 Runs the product itself (``edgeqat train experiment=compare model=<m> seed=<s>``, one subprocess per
 run) into a throw-away SQLite store, then collects the verified numbers: FP32 accuracy (torch), QAT
@@ -12,6 +13,11 @@ order. QAT and PTQ in one run quantize the same FP32 model, so each run gives on
 difference; on MNIST these are a few test images either way, so the check uses their mean over the
 seeds. Issue targets: agreement >= 99 %, acc_drop <= 0.5 pt, QAT >= PTQ, INT8/FP32 size <= 0.27
 (resnet18) or <= 0.36 (depthwise nets).
+
+``--weight-ranges int8 int7`` trains the FP32 model once per model and seed (``quant=fp32``) and
+quantizes that same checkpoint once per ``quant.weight_range`` (QAT and PTQ, ``quant.init_checkpoint``),
+so the int7 - int8 differences are paired too; the drift columns show which range this CPU computes
+exactly (results in ``results/weight_range_accuracy.json``).
 """
 
 from __future__ import annotations
@@ -36,17 +42,18 @@ MODELS = ["resnet18", "mobilenetv3_small_100", "efficientnet_lite0", "shufflenet
 FP32_RECIPE = {"resnet18": []}
 DEPTHWISE_RECIPE = ["optim=sgd", "trainer.max_epochs=20"]
 KEYS = ["test/acc_fp32", "test/acc_qat", "test/acc_int8", "test/acc_ptq", "int8/acc_drop", "int8/top1_agreement",
-        "int8/size_ratio", "int8/qlinearconv", "int8/float_conv", "int8/speedup_224", "ptq/speedup_224"]
+        "int8/max_step_drift", "int8/size_ratio", "int8/qlinearconv", "int8/float_conv", "int8/speedup_224",
+        "ptq/speedup_224"]
 SIZE_TARGET = {"resnet18": 0.27}
 
 
-def run_model(model: str, seed: int, extra: list[str], store: Path) -> dict:
+def run_model(model: str, seed: int, extra: list[str], store: Path, tag: str = "", quant: str = "experiment=compare") -> dict:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{store / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    experiment = f"acc-{model}-{seed}"
-    args = ["experiment=compare", f"model={model}", f"seed={seed}", "trainer.enable_progress_bar=false",
+    experiment = f"acc-{model}-{seed}{tag}"
+    args = [quant, f"model={model}", f"seed={seed}", "trainer.enable_progress_bar=false",
             f"tracking.experiment_name={experiment}", f"output_dir={store / 'outputs'}",
             *FP32_RECIPE.get(model, DEPTHWISE_RECIPE), *extra]
     start = time.perf_counter()
@@ -60,6 +67,36 @@ def run_model(model: str, seed: int, extra: list[str], store: Path) -> dict:
     m = run.data.metrics
     return {"model": model, "seed": seed, "overrides": args, "run_id": run.info.run_id, "seconds": round(seconds, 1),
             **{k: round(m[k], 4) for k in KEYS if k in m}}
+
+
+def run_weight_ranges(model: str, seed: int, ranges: list[str], extra: list[str], store: Path) -> list[dict]:
+    """One FP32 model, quantized (QAT + PTQ) once per ``quant.weight_range``: paired differences."""
+    fp32 = run_model(model, seed, extra, store, tag="-fp32", quant="quant=fp32")
+    if "error" in fp32:
+        return [{**fp32, "weight_range": r} for r in ranges]
+    init = f"quant.init_checkpoint=runs:/{fp32['run_id']}/checkpoints/fp32/best.ckpt"
+    return [{**run_model(model, seed, [init, f"quant.weight_range={r}", *extra], store, tag=f"-{r}"),
+             "weight_range": r, "fp32_seconds": fp32["seconds"]} for r in ranges]
+
+
+def summarize_ranges(model: str, runs: list[dict], ranges: list[str]) -> dict:
+    """Per weight range: QAT and PTQ accuracy, drift and agreement; differences against the first range."""
+    ok = [r for r in runs if "error" not in r]
+    row: dict = {"model": model, "seeds": sorted({r["seed"] for r in ok})}
+    for wr in ranges:
+        mine = [r for r in ok if r["weight_range"] == wr]
+        if not mine:
+            row[wr] = {"error": "every run failed"}
+            continue
+        row[wr] = {k: round(statistics.fmean(r[k] for r in mine), 4) for k in
+                   ("test/acc_fp32", "test/acc_int8", "test/acc_ptq", "int8/top1_agreement") if all(k in r for r in mine)}
+        row[wr]["max_step_drift"] = max(r.get("int8/max_step_drift", float("nan")) for r in mine)
+        row[wr]["agreement_min"] = min(r["int8/top1_agreement"] for r in mine)
+    base = ranges[0]
+    for wr in ranges[1:]:
+        if "error" not in row[wr] and "error" not in row[base]:
+            row[f"{wr}-{base}"] = {k: round(row[wr][k] - row[base][k], 4) for k in ("test/acc_int8", "test/acc_ptq")}
+    return row
 
 
 def summarize(model: str, runs: list[dict]) -> dict:
@@ -92,8 +129,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="one run per model and seed")
     parser.add_argument("--extra", default="", help="extra overrides for every model, space separated")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "qat_accuracy.json"))
+    parser.add_argument("--weight-ranges", nargs="+", default=None,
+                        help="quantize one FP32 model per seed once per quant.weight_range (e.g. int8 int7)")
+    parser.add_argument("--out", default=None, help="default: results/qat_accuracy.json (or weight_range_accuracy.json)")
     args = parser.parse_args()
+    if args.weight_ranges:
+        return main_weight_ranges(args)
+    args.out = args.out or str(Path(__file__).parent / "results" / "qat_accuracy.json")
     runs, rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
@@ -119,6 +161,34 @@ def main() -> None:
         print(f"| {r['model']} | {r['test/acc_fp32_mean']:.4f} | {r['test/acc_int8_mean']:.4f} | "
               f"{r['test/acc_ptq_mean']:.4f} | {r['int8/acc_drop_mean']:+.4f} | {per_seed} | "
               f"{r['agreement_min']:.4f} | {r['size_ratio']:.3f} | {ok} |")
+
+
+def main_weight_ranges(args: argparse.Namespace) -> None:
+    runs, rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            model_runs = []
+            for seed in args.seeds:
+                for r in run_weight_ranges(model, seed, args.weight_ranges, args.extra.split(), Path(tmp)):
+                    model_runs.append(r)
+                    print(json.dumps(r), flush=True)
+            runs += model_runs
+            rows.append(summarize_ranges(model, model_runs, args.weight_ranges))
+    out = Path(args.out or Path(__file__).parent / "results" / "weight_range_accuracy.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine_facts(), "weight_ranges": args.weight_ranges,
+                               "config": "experiment=compare data=mnist5k, one FP32 checkpoint per model and seed "
+                                         + args.extra, "rows": rows, "runs": runs}, indent=1))
+    head = " | ".join(f"{wr} QAT / PTQ (max drift, min agreement)" for wr in args.weight_ranges)
+    print(f"| model | FP32 | {head} |")
+    for r in rows:
+        cells = []
+        for wr in args.weight_ranges:
+            c = r[wr]
+            cells.append("error" if "error" in c else f"{c['test/acc_int8']:.4f} / {c['test/acc_ptq']:.4f} "
+                         f"({c['max_step_drift']:.1f}, {c['agreement_min']:.4f})")
+        fp32 = r[args.weight_ranges[0]].get("test/acc_fp32", float("nan"))
+        print(f"| {r['model']} | {fp32:.4f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgeqat.quant import resolve_weight_format
 from tests.unit.quant.tiny import Artifacts, make_artifacts
 
 PARITY_MODELS = ["test_resnet", "tiny_mobile", "tiny_shuffle"]
@@ -25,13 +26,15 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Artifacts]:
     ``artifacts["test_resnet:int8"]`` forces one (``:int8``, ``:int7``, ``:u8``).
     """
     out = tmp_path_factory.mktemp("quant_artifacts")
-    cache: dict[str, Artifacts] = {}
+    cache: dict[tuple[str, str], Artifacts] = {}  # by (model, resolved range): "auto" shares its build
 
     class _Lazy(dict):
         def __missing__(self, name: str) -> Artifacts:
             model, _, weight_range = name.partition(":")
-            cache[name] = make_artifacts(model, Path(out), weight_range or "auto")
-            self[name] = cache[name]
-            return cache[name]
+            key = (model, resolve_weight_format(weight_range or "auto").range.value)
+            if key not in cache:
+                cache[key] = make_artifacts(model, Path(out), key[1])
+            self[name] = cache[key]
+            return cache[key]
 
     return _Lazy()
