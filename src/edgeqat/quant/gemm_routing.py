@@ -28,6 +28,7 @@ from onnx import numpy_helper
 
 from edgeqat.quant.isa import Isa, detect_cpu
 from edgeqat.quant.onnx_passes import apply_onnx_passes
+from edgeqat.quant.weight_format import conv_group
 
 __all__ = [
     "DEFAULT_MIN_DEPTH", "MIN_OUT_CHANNELS", "resolve_ort_gemm_convs", "route_deep_convs_to_gemm",
@@ -70,7 +71,7 @@ def route_deep_convs_to_gemm(
     producers = {out: node for node in graph.node for out in node.output}
     routed = 0
     for conv in graph.node:
-        if conv.op_type != "Conv" or len(conv.input) < 2 or _group(conv) != 1:
+        if conv.op_type != "Conv" or len(conv.input) < 2 or conv_group(conv) != 1:
             continue
         dequantize = producers.get(conv.input[1])
         if dequantize is None or dequantize.op_type != "DequantizeLinear" or len(dequantize.input) < 3:
@@ -95,7 +96,3 @@ def route_deep_convs_to_gemm(
     if routed:
         apply_onnx_passes(model, ["prune_unused"])  # the replaced weights and zero points
     return routed
-
-
-def _group(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "group"), 1)

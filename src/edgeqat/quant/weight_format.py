@@ -29,7 +29,7 @@ from edgeqat.quant.errors import QuantizationError
 from edgeqat.quant.isa import Isa, resolve_target_isa
 
 __all__ = [
-    "AUTO_ON_SATURATING", "WeightFormat", "WeightRange", "check_weight_grid", "dense_weight_extremes",
+    "AUTO_ON_SATURATING", "WeightFormat", "WeightRange", "check_weight_grid", "conv_group", "dense_weight_extremes",
     "finish_int8_weights", "is_saturating_kernel", "resolve_weight_format", "store_weights_as_u8",
 ]
 
@@ -121,7 +121,8 @@ def _weighted_dequantizes(model: onnx.ModelProto):
                 yield node, dq, weight, zero_point
 
 
-def _group(node: onnx.NodeProto) -> int:
+def conv_group(node: onnx.NodeProto) -> int:
+    """A Conv's ``group`` attribute (1 when absent)."""
     return next((a.i for a in node.attribute if a.name == "group"), 1)
 
 
@@ -130,7 +131,7 @@ def dense_weight_extremes(model: onnx.ModelProto) -> dict[str, int]:
     out = {}
     for node, dq, weight, zero_point in _weighted_dequantizes(model):
         w = numpy_helper.to_array(weight).astype(np.int32)
-        if not is_saturating_kernel(node.op_type, tuple(w.shape), _group(node)):
+        if not is_saturating_kernel(node.op_type, tuple(w.shape), conv_group(node)):
             continue
         zp = numpy_helper.to_array(zero_point).astype(np.int32)
         if zp.ndim:  # per channel along the DequantizeLinear's axis
@@ -154,7 +155,7 @@ def store_weights_as_u8(model: onnx.ModelProto) -> int:
     rewritten = 0
     for node, dq, weight, zero_point in list(_weighted_dequantizes(model)):
         w = numpy_helper.to_array(weight)
-        if weight.data_type != onnx.TensorProto.INT8 or not is_saturating_kernel(node.op_type, tuple(w.shape), _group(node)):
+        if weight.data_type != onnx.TensorProto.INT8 or not is_saturating_kernel(node.op_type, tuple(w.shape), conv_group(node)):
             continue
         zp = numpy_helper.to_array(zero_point)
         if np.any(zp) or w.min() == -128:

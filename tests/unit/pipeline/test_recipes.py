@@ -117,6 +117,17 @@ def test_init_checkpoint_skips_fp32_training(compose, tracking_uri: str) -> None
     assert m["test/acc_fp32"] == pytest.approx(client.get_run(first.run_id).data.metrics["test/acc_fp32"])
 
 
+def test_unknown_weight_range_or_isa_fails_before_any_run(compose, tracking_uri: str) -> None:
+    from edgeqat.errors import EdgeqatError
+
+    with pytest.raises(EdgeqatError, match="Unknown quant.weight_range 'int6'"):
+        train(compose("quant=qat_int8", "quant.weight_range=int6"))
+    with pytest.raises(EdgeqatError, match="Unknown quant.target_isa 'avx3'"):
+        train(compose("quant=qat_int8", "quant.target_isa=avx3"))
+    client = MlflowClient(tracking_uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
 def test_init_checkpoint_that_is_not_a_file_is_a_clear_error(compose) -> None:
     from edgeqat.errors import EdgeqatError
 

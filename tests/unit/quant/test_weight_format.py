@@ -12,6 +12,7 @@ from edgeqat.quant import (
     Isa,
     QuantizationError,
     WeightRange,
+    assert_integer_kernels,
     detect_cpu,
     export_onnx,
     inspect_ort_graph,
@@ -70,7 +71,8 @@ def test_u8_storage_is_exact_everywhere_and_runs_integer(artifacts, tmp_path) ->
     s8 = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
     assert len(u8) == len(dense_weight_extremes(model)) and len(s8) == 2  # depthwise keep int8
     report = inspect_ort_graph(path)
-    assert report.count("QLinearConv") > 0 and report.count("Conv") == 0
+    assert_integer_kernels(report)
+    assert report.count("QLinearConv") > 0 and report.count("Conv") + report.count("Gemm") == 0
     assert _step_drift(a, path) <= 1.001
     if not CPU.isa.saturates_u8s8:  # both exact: the same numbers
         np.testing.assert_array_equal(run_onnx(path, a.images), run_onnx(a.int8_onnx, a.images))
