@@ -7,52 +7,60 @@ post-training baseline.
 ``prepare_qat`` returns a ``QATModel`` (an ``nn.Module`` holding the fake-quant GraphModule as
 ``.graph_module``) rather than the bare graph: train/eval must follow Lightning's direct
 ``module.training`` assignments, which no patch on the graph itself can see (see ``qat_model``).
+
+
+Names are imported on first use (PEP 562): ``edgeqat.quant.isa`` and ``weight_format`` need only numpy
+and onnx, so resolving ``quant.weight_range`` before a run imports no torch or torchao (whose import
+prints warnings that would break "bad input is one line on stderr").
 """
 
-from edgeqat.quant.convert import convert
-from edgeqat.quant.errors import QuantizationError
-from edgeqat.quant.gemm_routing import resolve_ort_gemm_convs, route_deep_convs_to_gemm
-from edgeqat.quant.isa import CpuInfo, Isa, detect_cpu, emulate_u8s8_conv
-from edgeqat.quant.onnx_export import export_onnx
-from edgeqat.quant.ptq import ptq_onnx
-from edgeqat.quant.schedule import QATSchedule
-from edgeqat.quant.qat_model import QATModel, freeze_bn_stats, freeze_observers
-from edgeqat.quant.prepare import prepare_qat
-from edgeqat.quant.quantizer import EdgeQuantizer
-from edgeqat.quant.report import FloatNode, GraphReport, assert_integer_kernels, inspect_ort_graph
-from edgeqat.quant.steps import QuantStep
-from edgeqat.quant.verify import VerifyResult, evaluate_onnx, file_size_mb, measure_latency_ms, run_onnx
-from edgeqat.quant.weight_format import WeightFormat, WeightRange, resolve_weight_format, store_weights_as_u8
+from __future__ import annotations
 
-__all__ = [
-    "CpuInfo",
-    "EdgeQuantizer",
-    "FloatNode",
-    "GraphReport",
-    "Isa",
-    "QATModel",
-    "QATSchedule",
-    "QuantStep",
-    "QuantizationError",
-    "VerifyResult",
-    "WeightFormat",
-    "WeightRange",
-    "assert_integer_kernels",
-    "convert",
-    "detect_cpu",
-    "emulate_u8s8_conv",
-    "evaluate_onnx",
-    "export_onnx",
-    "file_size_mb",
-    "freeze_bn_stats",
-    "freeze_observers",
-    "inspect_ort_graph",
-    "measure_latency_ms",
-    "prepare_qat",
-    "ptq_onnx",
-    "resolve_ort_gemm_convs",
-    "resolve_weight_format",
-    "route_deep_convs_to_gemm",
-    "run_onnx",
-    "store_weights_as_u8",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CpuInfo": "isa",
+    "EdgeQuantizer": "quantizer",
+    "FloatNode": "report",
+    "GraphReport": "report",
+    "Isa": "isa",
+    "QATModel": "qat_model",
+    "QATSchedule": "schedule",
+    "QuantStep": "steps",
+    "QuantizationError": "errors",
+    "VerifyResult": "verify",
+    "WeightFormat": "weight_format",
+    "WeightRange": "weight_format",
+    "assert_integer_kernels": "report",
+    "convert": "convert",
+    "detect_cpu": "isa",
+    "emulate_u8s8_conv": "isa",
+    "evaluate_onnx": "verify",
+    "export_onnx": "onnx_export",
+    "file_size_mb": "verify",
+    "freeze_bn_stats": "qat_model",
+    "freeze_observers": "qat_model",
+    "inspect_ort_graph": "report",
+    "measure_latency_ms": "verify",
+    "prepare_qat": "prepare",
+    "ptq_onnx": "ptq",
+    "resolve_ort_gemm_convs": "gemm_routing",
+    "resolve_weight_format": "weight_format",
+    "route_deep_convs_to_gemm": "gemm_routing",
+    "run_onnx": "verify",
+    "store_weights_as_u8": "weight_format",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'edgeqat.quant' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"edgeqat.quant.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
