@@ -164,6 +164,8 @@ def main() -> None:
 
 
 def main_weight_ranges(args: argparse.Namespace) -> None:
+    out = Path(args.out or Path(__file__).parent / "results" / "weight_range_accuracy.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     runs, rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
@@ -174,11 +176,10 @@ def main_weight_ranges(args: argparse.Namespace) -> None:
                     print(json.dumps(r), flush=True)
             runs += model_runs
             rows.append(summarize_ranges(model, model_runs, args.weight_ranges))
-    out = Path(args.out or Path(__file__).parent / "results" / "weight_range_accuracy.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine_facts(), "weight_ranges": args.weight_ranges,
-                               "config": "experiment=compare data=mnist5k, one FP32 checkpoint per model and seed "
-                                         + args.extra, "rows": rows, "runs": runs}, indent=1))
+            # Written after every model: a long benchmark stopped half way keeps what it measured.
+            out.write_text(json.dumps({"machine": machine_facts(), "weight_ranges": args.weight_ranges,
+                                       "config": "experiment=compare data=mnist5k, one FP32 checkpoint per model "
+                                                 "and seed " + args.extra, "rows": rows, "runs": runs}, indent=1))
     head = " | ".join(f"{wr} QAT / PTQ (max drift, min agreement)" for wr in args.weight_ranges)
     print(f"| model | FP32 | {head} |")
     for r in rows:
