@@ -16,7 +16,6 @@ Writes ``benchmarks/results/weight_range.json``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
@@ -54,8 +53,7 @@ def bench(name: str, args: argparse.Namespace, work: Path) -> dict:
     drift = {}
     for fmt_name in FORMATS:
         fmt = resolve_weight_format(fmt_name, args.target_isa)
-        # A copy each: the prepared graph shares the FP32 model's tensors, and QAT steps would move them.
-        prepared = prepare_qat(copy.deepcopy(model), torch.randn(2, 3, args.train_res, args.train_res),
+        prepared = prepare_qat(model, torch.randn(2, 3, args.train_res, args.train_res),
                                dense_weight_qmax=fmt.dense_qmax)
         sgd_steps(prepared, steps=args.qat_steps, res=args.train_res, lr=0.001, seed=1)
         freeze_observers(prepared)

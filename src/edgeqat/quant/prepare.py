@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import linecache
 import traceback
@@ -33,6 +34,10 @@ def prepare_qat(
 ) -> QATModel:
     """Export ``model`` and insert QAT fake-quant; returns the trainable fake-quant model.
 
+    ``model`` itself is left untouched: the graph is captured from a copy. (torch.export's module
+    shares the captured parameters and BN buffers; training it would move the caller's FP32 model, and
+    a second ``prepare_qat`` of that model would start from, and keep moving, the first one's state.)
+
     Batch, height and width stay dynamic (``Dim.AUTO``). The model is captured in eval mode, so no
     stochastic op (drop-path) is baked into the graph, then BN/dropout are switched to training.
     The graph is wrapped in ``QATModel`` so ``.train()``/``.eval()`` (including Lightning's direct
@@ -53,7 +58,7 @@ def prepare_qat(
     """
     _check_float_modules(model, float_modules)
     check_batchnorm(model)
-    graph = _export(model, example_input)
+    graph = _export(copy.deepcopy(model), example_input)
     set_graph_mode(graph, training=True)
     bn_args = _bn_args_by_running_var(graph)
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e

@@ -228,3 +228,17 @@ def test_float_module_between_quantized_neighbours_stays_float_in_ort(monkeypatc
     monkeypatch.setattr(onnx_passes, "_PASSES", without)
     quantized_by_ort = inspect_ort_graph(export_onnx(converted, example, tmp_path / "lost.onnx"))
     assert quantized_by_ort.count("Conv") + quantized_by_ort.count("FusedConv") == 0  # the trap this guards
+
+
+def test_training_the_prepared_model_leaves_the_fp32_model_alone() -> None:
+    """A second prepare_qat of the same FP32 model starts from the FP32 weights, not the first QAT's."""
+    model = _Net()
+    before = copy.deepcopy(model.state_dict())
+    prepared = prepare_qat(model, _example())
+    prepared.train()
+    opt = torch.optim.SGD(prepared.parameters(), lr=0.1)
+    x, y = synthetic_batch(8, seed=1, res=16)
+    nn.functional.cross_entropy(prepared(x), y).backward()
+    opt.step()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
