@@ -131,9 +131,8 @@ def bench(name: str, args: argparse.Namespace, work: Path) -> dict:
 
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=MODELS)
+def add_timing_args(parser: argparse.ArgumentParser, iters: int) -> None:
+    """The model-building and latency options this script shares with ``weight_range.py``."""
     parser.add_argument("--res", type=int, default=224)
     parser.add_argument("--train-res", type=int, default=64)
     parser.add_argument("--num-classes", type=int, default=10)
@@ -141,7 +140,13 @@ def main() -> None:
     parser.add_argument("--fp32-steps", type=int, default=10)
     parser.add_argument("--qat-steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--iters", type=int, default=iters)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    add_timing_args(parser, iters=50)
     parser.add_argument("--no-ptq", dest="ptq", action="store_false")
     parser.add_argument("--gemm-convs", type=lambda v: {"true": True, "false": False}[v.lower()], default=None,
                         help="quant.ort_gemm_convs: true/false (default: where the CPU has AMX)")

@@ -36,7 +36,7 @@ from edgeqat.quant import (
     run_onnx,
 )
 from edgeqat.quant.verify import output_step
-from quant_speed import build, interleaved_latency, sgd_steps
+from quant_speed import add_timing_args, build, interleaved_latency, sgd_steps
 
 MODELS = ["resnet18", "mobilenetv3_small_100", "efficientnet_lite0", "shufflenet_v2_x0_5"]
 FORMATS = ["int8", "int7", "u8"]
@@ -84,14 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--target-isa", default=None, help="quant.target_isa (default: this CPU)")
-    parser.add_argument("--res", type=int, default=224)
-    parser.add_argument("--train-res", type=int, default=64)
-    parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--fp32-steps", type=int, default=10)
-    parser.add_argument("--qat-steps", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=30)
+    add_timing_args(parser, iters=30)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "weight_range.json")
     args = parser.parse_args()
     results = {}
