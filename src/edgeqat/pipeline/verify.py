@@ -83,6 +83,7 @@ def verify(ctx: JobContext, fp32_onnx: Path, int8: Int8Model | None) -> dict[str
         if result.max_step_drift is not None:
             m["int8/max_step_drift"] = result.max_step_drift
             m["int8/mean_step_drift"] = result.mean_step_drift
+            m["int8/within_step_fraction"] = result.within_step_fraction
         m["int8/dense_weight_max"] = float(max(dense_weight_extremes(onnx.load(str(int8.path))).values(), default=0))
         m.update(_speedups(m, "int8"))
         rec.log_artifact(int8.path, "int8", copy=False)

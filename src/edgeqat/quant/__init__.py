@@ -21,6 +21,8 @@ from typing import Any
 
 _EXPORTS = {
     "CpuInfo": "isa",
+    "DriftReport": "drift",
+    "DriftSource": "drift",
     "EdgeQuantizer": "quantizer",
     "FloatNode": "report",
     "GraphReport": "report",
@@ -42,6 +44,7 @@ _EXPORTS = {
     "freeze_bn_stats": "qat_model",
     "freeze_observers": "qat_model",
     "inspect_ort_graph": "report",
+    "localize_drift": "drift",
     "measure_latency_ms": "verify",
     "prepare_qat": "prepare",
     "ptq_onnx": "ptq",

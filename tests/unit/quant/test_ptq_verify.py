@@ -18,6 +18,7 @@ from edgeqat.quant import (
     ptq_onnx,
     run_onnx,
 )
+from edgeqat.quant.verify import output_step
 
 
 def test_ptq_produces_working_qdq_model(artifacts, tmp_path: Path, monkeypatch) -> None:
@@ -59,6 +60,20 @@ def test_evaluate_onnx_metrics_match_a_manual_count(artifacts) -> None:
         assert acc == pytest.approx((preds[mask] == c).mean()) if mask.any() else np.isnan(acc)
     assert np.array_equal(np.diag(result.confusion), [(preds[labels == c] == c).sum() for c in range(logits.shape[1])])
     assert result.to_dict()["n"] == len(labels)
+
+
+def test_drift_counts_output_steps_and_the_images_within_one(artifacts) -> None:
+    a = artifacts["tiny_shuffle"]
+    logits = run_onnx(a.int8_onnx, a.images)
+    step = output_step(a.int8_onnx)
+    assert step is not None  # the logits come out of a DequantizeLinear
+    reference = logits.copy()
+    reference[:5, 0] += 3 * step  # 5 images 3 steps off, 5 exactly one step off: within
+    reference[5:10, 1] -= step
+    result = evaluate_onnx(a.int8_onnx, a.images, a.labels, reference_logits=reference)
+    assert result.max_step_drift == pytest.approx(3, abs=1e-3)
+    assert result.within_step_fraction == pytest.approx(1 - 5 / len(a.images))
+    assert result.to_dict()["within_step_fraction"] == result.within_step_fraction
 
 
 def test_evaluate_onnx_rejects_mismatched_inputs(artifacts) -> None:
