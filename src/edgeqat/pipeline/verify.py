@@ -48,6 +48,21 @@ def _speedups(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return out
 
 
+def explain_drift(recorder, onnx_path: Path, images, result) -> dict[str, float]:
+    """Where drift beyond one output step comes from, logged only when there is some.
+
+    ``int8/drift_sources.json`` (``quant.localize_drift``) and ``int8/max_source_steps``: 1 means
+    rounding ties carried by the network, more means a kernel that computes other integers.
+    """
+    from edgeqat.quant import localize_drift
+
+    if result.max_step_drift is None or result.max_step_drift <= 1 + 1e-3:
+        return {}
+    report = localize_drift(onnx_path, images)
+    recorder.log_dict(report.to_dict(), "int8/drift_sources.json")
+    return {"int8/max_source_steps": float(report.max_source_steps)}
+
+
 def verify(ctx: JobContext, fp32_onnx: Path, int8: Int8Model | None) -> dict[str, float]:
     """Accuracy, agreement, kernels, latency and size of the exported files; logs metrics and artifacts."""
     import onnx
@@ -84,6 +99,7 @@ def verify(ctx: JobContext, fp32_onnx: Path, int8: Int8Model | None) -> dict[str
             m["int8/max_step_drift"] = result.max_step_drift
             m["int8/mean_step_drift"] = result.mean_step_drift
             m["int8/within_step_fraction"] = result.within_step_fraction
+            m.update(explain_drift(rec, int8.path, images, result))
         m["int8/dense_weight_max"] = float(max(dense_weight_extremes(onnx.load(str(int8.path))).values(), default=0))
         m.update(_speedups(m, "int8"))
         rec.log_artifact(int8.path, "int8", copy=False)
