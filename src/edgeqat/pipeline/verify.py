@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeqat.pipeline.damage import log_damage
 from edgeqat.pipeline.recipes import Int8Model, JobContext, post_training_quantize
 from edgeqat.quant.isa import CpuInfo, detect_cpu
 from edgeqat.quant.weight_format import WeightFormat
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edgeqat.quant.verify import VerifyResult
+    from edgeqat.tracking.recorder import RunRecorder
 
 
 def target_tags(cpu: CpuInfo, weights: WeightFormat) -> dict[str, str]:
@@ -48,7 +55,7 @@ def _speedups(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return out
 
 
-def explain_drift(recorder, onnx_path: Path, images, result) -> dict[str, float]:
+def explain_drift(recorder: RunRecorder, onnx_path: Path, images: np.ndarray, result: VerifyResult) -> dict[str, float]:
     """Where drift beyond one output step comes from, logged only when there is some.
 
     ``int8/drift_sources.json`` (``quant.localize_drift``) and ``int8/max_source_steps``: 1 means
