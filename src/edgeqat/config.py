@@ -132,6 +132,15 @@ class TrackingConfig:
 
 
 @dataclass
+class RegistryConfig:
+    """What the run leaves in MLflow's model registry (``edgeqat.registry``)."""
+
+    log_models: bool = True  # the INT8 and FP32 files as LoggedModels on the run
+    register: bool = True  # register the INT8 model as a new version
+    model_name: Optional[str] = None  # None: <model.name>-<data.source>-int8
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -139,6 +148,7 @@ class Config:
     quant: QuantConfig = field(default_factory=QuantConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     seed: int = 42
     output_dir: str = "outputs"
     ckpt_path: Optional[str] = None  # resume the FP32 fit from this checkpoint (e.g. a preempted.ckpt)

@@ -19,10 +19,11 @@ from edgeqat.data import ClassificationDataModule
 from edgeqat.errors import EdgeqatError
 from edgeqat.lightning_modules import ClassifierModule
 from edgeqat.pipeline import JobContext, fit_and_test, make_trainer, run_recipe
+from edgeqat.pipeline.register import log_models
 from edgeqat.pipeline.verify import export_fp32, target_tags, verify
 from edgeqat.quant.isa import detect_cpu
 from edgeqat.quant.weight_format import resolve_weight_format
-from edgeqat.tracking import log_run_config, tracked_run
+from edgeqat.tracking import RunContext, log_run_config, tracked_run
 from edgeqat.tracking.system_metrics import system_metrics
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class TrainResult:
     run_id: str
     metrics: dict[str, float]
     spool_path: Path | None = None
+    model_version: str | None = None  # "<registered model>/<version>" when the INT8 model was registered
 
 
 def build(cfg: DictConfig) -> tuple[ClassificationDataModule, ClassifierModule]:
@@ -87,7 +89,22 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
         ctx.metrics.update(fit_and_test(trainer, checkpoint, module, datamodule, cfg.ckpt_path))
         run.recorder.set_tags({"edgeqat.phase": "export"})
         fp32_onnx = export_fp32(ctx)
-        ctx.metrics.update(verify(ctx, fp32_onnx, run_recipe(ctx, fp32_onnx)))
+        int8 = run_recipe(ctx, fp32_onnx)
+        ctx.metrics.update(verify(ctx, fp32_onnx, int8))
+        registered = log_models(ctx, fp32_onnx, int8)
+    version = registered_version(run, registered)
     summary = {k: round(v, 4) for k, v in ctx.metrics.items() if k.startswith(("test/acc", "int8/"))}
     log.info("run %s: %s", run.run_id, summary)
-    return TrainResult(run.run_id, ctx.metrics, run.spool_path)
+    return TrainResult(run.run_id, ctx.metrics, run.spool_path, version)
+
+
+def registered_version(run: RunContext, name: str | None) -> str | None:
+    """``name/version`` of the version the run registered, once its recorder has sent everything."""
+    if name is None or run.spool_path is not None or not run.recorder.enabled:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from edgeqat.registry import find_run_version
+
+    found = find_run_version(MlflowClient(run.tracking_uri), name, run.run_id)
+    return f"{name}/{found.version}" if found else None

@@ -13,6 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 
+from edgeqat.stack.webhook import DEFAULT_DEPLOY_PORT
+
 _HOME_HELP = "state directory: pid files, logs, data, stack.env (default: ./.edgeqat)"
 
 
@@ -22,7 +24,7 @@ def _up(args: argparse.Namespace) -> int:
     info = stack_up(StackConfig(
         home=args.home, mlflow_port=args.mlflow_port, s3_port=args.s3_port,
         backend_store_uri=args.backend_store_uri, auth=args.auth, timeout_s=args.timeout,
-        workers=args.workers, weed_binary=args.weed_binary,
+        workers=args.workers, weed_binary=args.weed_binary, deploy_port=args.deploy_port,
     ))
     print(f"MLFLOW_TRACKING_URI={info.tracking_uri}")
     print(f"MLFLOW_S3_ENDPOINT_URL={info.s3_endpoint_url}")
@@ -71,6 +73,8 @@ def add_stack_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     up.add_argument("--timeout", type=float, default=90.0, metavar="S", help="seconds to wait for each server")
     up.add_argument("--workers", type=int, default=1, metavar="N", help="MLflow server worker processes")
     up.add_argument("--weed-binary", metavar="PATH", help="the SeaweedFS `weed` binary (default: PATH)")
+    up.add_argument("--deploy-port", type=int, default=DEFAULT_DEPLOY_PORT, metavar="N",
+                    help=f"port of `edgeqat deploy serve` the registry webhook calls (default {DEFAULT_DEPLOY_PORT})")
     up.set_defaults(func=_up)
 
     down = verbs.add_parser("down", help="stop the servers `stack up` started from --home")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeqat.stack.auth import AuthSettings, write_auth_config
@@ -39,6 +39,10 @@ class MlflowServerConfig:
     host: str = LOOPBACK
     workers: int = 1
     enable_jobs: bool = False  # MLflow's GenAI job runner: 8 extra processes we do not use
+    # Fernet key MLflow encrypts stored webhook secrets with (stack.webhook); None: one per process,
+    # which a restart (or a second worker) cannot decrypt.
+    webhook_encryption_key: str | None = field(default=None, repr=False)
+    webhook_cache_ttl_s: int = 5  # how soon a new or changed webhook is seen (MLflow's default: 60 s)
 
     def __post_init__(self) -> None:
         validate_backend_store_uri(self.backend_store_uri)
@@ -101,6 +105,11 @@ def mlflow_env(config: MlflowServerConfig, base_env: Mapping[str, str] | None = 
         "MLFLOW_AUTH_ADMIN_USERNAME": None,
         "MLFLOW_AUTH_ADMIN_PASSWORD": None,
         "MLFLOW_AUTH_CONFIG_PATH": None,
+        # Registry webhooks to the deploy controller on this machine: plain http to a loopback address.
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_CACHE_TTL": str(config.webhook_cache_ttl_s),
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": config.webhook_encryption_key,
     }
     if config.s3_endpoint_url:
         overrides["MLFLOW_S3_ENDPOINT_URL"] = config.s3_endpoint_url

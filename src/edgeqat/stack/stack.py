@@ -50,6 +50,13 @@ from edgeqat.stack.processes import (
     stop_server,
 )
 from edgeqat.stack.s3 import S3Credentials, credentials_from_env
+from edgeqat.stack.webhook import (
+    DEFAULT_DEPLOY_PORT,
+    deploy_webhook_url,
+    load_encryption_key,
+    load_webhook_secret,
+    register_deploy_webhook,
+)
 from edgeqat.stack.seaweed import (
     DEFAULT_BUCKETS,
     DEFAULT_S3_PORT,
@@ -116,6 +123,8 @@ class StackConfig:
     timeout_s: float = 90.0
     workers: int = 1
     weed_binary: str | None = None
+    deploy_webhook: bool = True  # register the registry webhook of `edgeqat deploy serve`
+    deploy_port: int = DEFAULT_DEPLOY_PORT
 
     def __post_init__(self) -> None:
         for flag, port in (("--mlflow-port", self.mlflow_port), ("--s3-port", self.s3_port)):
@@ -370,6 +379,7 @@ def stack_up(config: StackConfig, *, env: Mapping[str, str] | None = None, echo:
                     port=mlflow_port, backend_store_uri=backend, state_dir=paths.mlflow_dir,
                     artifacts_destination=f"s3://{ARTIFACTS_BUCKET}/", s3_endpoint_url=s3_endpoint,
                     s3_credentials=creds, auth=auth, workers=config.workers,
+                    webhook_encryption_key=load_encryption_key(paths.secrets_dir),
                 ),
                 pid_path=paths.pid("mlflow"), log_path=paths.log("mlflow"), timeout_s=config.timeout_s, base_env=env,
             )
@@ -381,6 +391,13 @@ def stack_up(config: StackConfig, *, env: Mapping[str, str] | None = None, echo:
         tracking_uri = mlflow.urls["tracking"]
         if auth is not None and password is not None:
             check_admin_login(tracking_uri, auth.admin_username, password.value, password_source=password.source)
+        if config.deploy_webhook:
+            register_deploy_webhook(tracking_uri, deploy_webhook_url(config.deploy_port),
+                                    load_webhook_secret(paths.secrets_dir),
+                                    username=auth.admin_username if auth else None,
+                                    password=password.value if password else None)
+            echo(f"Registry webhook -> {deploy_webhook_url(config.deploy_port)} (edgeqat deploy serve; "
+                 f"secret in {paths.secrets_dir / 'webhook_secret'}, mode 0600)")
     except BaseException:
         for service in reversed(started):
             stop_server(paths.pid(service))

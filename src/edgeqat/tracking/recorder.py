@@ -21,9 +21,12 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeqat.tracking.spool import OPS_FILE, apply_op, is_transient, write_spool
+
+if TYPE_CHECKING:
+    from edgeqat.registry import LoggedModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +140,10 @@ class RunRecorder:
 
     def log_input(self, name: str, digest: str, source: str, context: str = "training") -> None:
         self._put({"op": "input", "name": name, "digest": digest, "source": source, "context": context})
+
+    def log_model(self, spec: LoggedModelSpec) -> None:
+        """Queue a LoggedModel (and its registration): one op that resumes where a retry left it."""
+        self._put(spec.to_op())
 
     def terminate(self, status: str) -> None:
         self._put({"op": "terminate", "status": status})

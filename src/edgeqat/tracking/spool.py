@@ -19,6 +19,9 @@ OPS_FILE = "ops.jsonl"
 META_FILE = "meta.json"
 PROGRESS_FILE = "progress.json"
 
+# Ops that reference local files, and under which keys: a spool copies those files in with the op.
+FILE_KEYS = {"artifact": ("path",), "logged_model": ("path", "example")}
+
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED"}
 _TRANSIENT_TEXT = ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out",
                    "Failed to establish a new connection", "database is locked", "Connection aborted",
@@ -61,6 +64,10 @@ def apply_op(client: Any, run_id: str, op: dict[str, Any]) -> None:
         dataset = DatasetEntity(name=op["name"], digest=op["digest"], source_type="uri",
                                 source=json.dumps({"uri": op["source"]}))
         client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", op["context"])])])
+    elif kind == "logged_model":
+        from edgeqat.registry import apply_logged_model
+
+        apply_logged_model(client, run_id, op)
     elif kind == "terminate":
         client.set_terminated(run_id, op["status"])
     else:
@@ -74,12 +81,13 @@ def write_spool(spool_dir: Path, tracking_uri: str, run_id: str, ops: list[dict[
     (spool_dir / META_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}))
     with open(spool_dir / OPS_FILE, "a") as f:
         for i, op in enumerate(ops):
-            if op["op"] == "artifact":
-                src = Path(op["path"])
-                dst = files / f"{i:06d}" / src.name  # one folder per file: the artifact keeps its name
+            op = dict(op)
+            for key in FILE_KEYS.get(op["op"], ()):
+                src = Path(op[key])
+                dst = files / f"{i:06d}" / key / src.name  # one folder per file: the artifact keeps its name
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
-                op = {**op, "path": str(dst.relative_to(spool_dir))}
+                op[key] = str(dst.relative_to(spool_dir))
             f.write(json.dumps(op) + "\n")
     return spool_dir
 
@@ -111,8 +119,8 @@ def sync_spool(spool_dir: Path, tracking_uri: str | None = None) -> SyncResult:
                            "start the server or pass --tracking-uri") from e
     for i, line in enumerate(lines[done:], start=done):
         op = json.loads(line)
-        if op["op"] == "artifact":
-            op["path"] = str(spool_dir / op["path"])
+        for key in FILE_KEYS.get(op["op"], ()):
+            op[key] = str(spool_dir / op[key])
         apply_op(client, meta["run_id"], op)
         progress_file.write_text(json.dumps({"done": i + 1}))
     return SyncResult(meta["run_id"], len(lines) - done, done)

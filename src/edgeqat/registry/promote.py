@@ -1,0 +1,60 @@
+"""Promotion, both ways people do it: an alias (MLflow 3) or a legacy stage (deprecated, still used).
+
+The deploy controller follows either; a change made here or in the MLflow UI counts the same, because
+both end up as the same registry state.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from edgeqat.errors import EdgeqatError
+
+STAGES = ("None", "Staging", "Production", "Archived")
+
+
+class PromoteError(EdgeqatError):
+    """The model, version, alias or stage asked for does not exist; the message names the fix."""
+
+
+def promote(client: Any, name: str, version: str | int, *, alias: str | None = None,
+            stage: str | None = None) -> Any:
+    """Point ``alias`` at ``version`` or move it to ``stage``; returns the version. Exactly one of the two."""
+    from mlflow.exceptions import MlflowException
+
+    if (alias is None) == (stage is None):
+        raise PromoteError("Pass exactly one of --alias NAME or --stage Staging|Production|Archived")
+    try:
+        mv = client.get_model_version(name, str(version))
+    except MlflowException as e:
+        raise PromoteError(f"No version {version} of registered model {name!r} at {client.tracking_uri} "
+                           f"({e.error_code}): check the name and version in the MLflow UI's Models page") from e
+    if alias is not None:
+        if not alias or alias.lower() == "latest" or (alias[0] in "vV" and alias[1:].isdigit()):
+            raise PromoteError(f"--alias {alias!r} is reserved by MLflow (latest, v<N>): choose another name")
+        client.set_registered_model_alias(name, alias, mv.version)
+        return client.get_model_version(name, mv.version)
+    canonical = {s.lower(): s for s in STAGES}.get(str(stage).lower())
+    if canonical is None:
+        raise PromoteError(f"--stage {stage!r}: choose one of {', '.join(STAGES)}")
+    with warnings.catch_warnings():  # stages are deprecated in MLflow 3; people still use them
+        warnings.simplefilter("ignore", FutureWarning)
+        return client.transition_model_version_stage(name, mv.version, canonical)
+
+
+def resolve_version(client: Any, name: str, *, alias: str | None = None, stage: str | None = None) -> Any | None:
+    """The version an alias points at, or the newest version in a stage; None where there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            latest = client.get_latest_versions(name, stages=[stage])
+        return latest[0] if latest else None
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
