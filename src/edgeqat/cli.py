@@ -1,4 +1,4 @@
-"""The ``edgeqat`` command: train, models, stack, data, demo, sync."""
+"""The ``edgeqat`` command: train, models, stack, data, demo, sync, promote, deploy, agent."""
 
 from __future__ import annotations
 
@@ -68,11 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     from edgeqat.data.cli import add_data_parser
     from edgeqat.demo import add_demo_parser
+    from edgeqat.deploy.cli import add_deploy_parser
+    from edgeqat.registry.cli import add_promote_parser
     from edgeqat.stack.cli import add_stack_parser
 
     add_stack_parser(sub)
     add_data_parser(sub)
     add_demo_parser(sub)
+    add_promote_parser(sub)
+    add_deploy_parser(sub)
+    sub.add_parser("agent", help="the device agent: edgeqat agent --target NAME | edgeqat agent predict IMAGE...",
+                   add_help=False)
 
     sync = sub.add_parser("sync", help="upload a run spooled while the tracking server was unreachable")
     sync.add_argument("spool", help="the spool directory the job printed (outputs/spool/<run_id>)")
@@ -82,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["agent"]:  # the device side: no torch, Lightning or MLflow on its import path
+        from edgeqat.agent.cli import main as agent_main
+
+        return agent_main(argv[1:])
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from edgeqat.tracking.run import Preempted

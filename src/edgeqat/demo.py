@@ -28,6 +28,8 @@ from edgeqat.errors import EdgeqatError
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
+    from edgeqat.deploy.demo_loop import LoopResult
+
 Echo = Callable[[str], None]
 DEFAULT_EXPERIMENT = "edgeqat-demo"
 MODEL_FILES = (("int8", "int8/model.onnx"), ("fp32", "fp32/model.onnx"))
@@ -52,6 +54,8 @@ class DemoOptions:
     mlflow_port: int | None = None
     s3_port: int | None = None
     project_dir: Path | None = None
+    deploy: bool = True  # go on after training: register, promote, gate, publish, run on a local agent
+    deploy_port: int | None = None  # the deploy controller's; None: 8765 (or the running one), 0: any free
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class DemoResult:
     ui_url: str | None = None
     models: tuple[ModelLocation, ...] = ()
     notes: tuple[str, ...] = ()
+    deployed: LoopResult | None = None
 
 
 def find_project_dir(explicit: Path | None = None, cwd: Path | None = None) -> Path:
@@ -207,9 +212,12 @@ def run_demo(options: DemoOptions, *, echo: Echo = print, out: TextIO | None = N
     from edgeqat.stack.processes import read_pid_file
     from edgeqat.stack.stack import StackConfig, StackPaths, read_stack_env, stack_down, stack_up
 
+    from edgeqat.deploy.demo_loop import resolve_deploy_port
+
     project = find_project_dir(options.project_dir)
-    info = stack_up(StackConfig(home=options.home, mlflow_port=options.mlflow_port, s3_port=options.s3_port),
-                    echo=echo)
+    deploy_port = resolve_deploy_port(options.home, options.deploy_port)
+    info = stack_up(StackConfig(home=options.home, mlflow_port=options.mlflow_port, s3_port=options.s3_port,
+                                deploy_port=deploy_port), echo=echo)
     try:
         login = os.environ.get("MLFLOW_TRACKING_USERNAME") and os.environ.get("MLFLOW_TRACKING_PASSWORD")
         if info.auth and not login:
@@ -234,7 +242,13 @@ def run_demo(options: DemoOptions, *, echo: Echo = print, out: TextIO | None = N
         _, record = read_pid_file(StackPaths.at(options.home).pid("mlflow"))
         destination = record.info.get("artifacts_destination") if record else None
         models, notes, complete = locate_models(run, info.s3_endpoint_url, destination, env)
-        return DemoResult(0 if complete else 1, info.tracking_uri, run_id, exp_id, ui_url, models, notes)
+        deployed = None
+        if complete and options.deploy and run.data.params.get("quant.mode", "fp32") != "fp32":
+            from edgeqat.deploy.demo_loop import agent_env, close_the_loop
+
+            deployed = close_the_loop(options.home, info.tracking_uri, run_id, agent_env(env), echo=echo,
+                                      port=deploy_port)
+        return DemoResult(0 if complete else 1, info.tracking_uri, run_id, exp_id, ui_url, models, notes, deployed)
     finally:
         if not options.keep_stack:
             stack_down(options.home, echo=echo)
@@ -250,6 +264,12 @@ def report(result: DemoResult, options: DemoOptions, echo: Echo = print) -> None
         echo(f"    S3 object: {m.s3_uri} ({m.size_bytes:,} bytes; {m.object_url})")
     for note in result.notes:
         echo(note)
+    if result.deployed:
+        d = result.deployed
+        echo(f"Registered model: {d.model_url}  ({d.model_name} v{d.version}, deploy.local.status={d.verdict})")
+        if d.verdict == "deployed":
+            echo(f"Running on the local agent {d.seconds_to_agent:.1f} s after the promotion; classify your own "
+                 f"images with: edgeqat agent predict IMAGE... --home {options.home}/agent/local")
     home = options.home
     if options.keep_stack:
         echo(f"The stack keeps running (open the UI above); stop it with: edgeqat stack down --home {home}")
@@ -261,7 +281,7 @@ def _demo(args: argparse.Namespace) -> int:
     options = DemoOptions(
         home=args.home, overrides=args.overrides, experiment_name=args.experiment_name,
         keep_stack=args.keep_stack, mlflow_port=args.mlflow_port, s3_port=args.s3_port,
-        project_dir=args.project_dir,
+        project_dir=args.project_dir, deploy=args.deploy, deploy_port=args.deploy_port,
     )
     result = run_demo(options)
     report(result, options)
@@ -292,4 +312,8 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     demo.add_argument("--s3-port", type=int, metavar="N", help="S3 port if the stack starts (0: any free)")
     demo.add_argument("--project-dir", type=Path, metavar="DIR",
                       help="the edgeqat checkout to run (default: beside the package, else the current directory)")
+    demo.add_argument("--deploy-port", type=int, metavar="N",
+                      help="port of the deploy controller if it starts (default 8765; 0: any free)")
+    demo.add_argument("--no-deploy", dest="deploy", action="store_false",
+                      help="stop after training (default: promote, gate, publish and run it on a local agent)")
     demo.set_defaults(func=_demo)

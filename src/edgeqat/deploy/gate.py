@@ -90,7 +90,11 @@ def fetch_model(tracking_uri: str, candidate: Candidate, dest: Path) -> tuple[Pa
     import mlflow.artifacts
     import yaml
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=candidate.source, dst_path=str(dest),
+    from mlflow.tracking import MlflowClient
+
+    # models:/<id> resolves through the *global* tracking URI in MLflow; resolve it with ours.
+    location = MlflowClient(tracking_uri).get_logged_model(candidate.source.removeprefix("models:/")).artifact_location
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dest),
                                                      tracking_uri=tracking_uri))
     meta = yaml.safe_load((local / "MLmodel").read_text()).get("metadata") or {}
     return local / "model.onnx", (meta.get("edgeqat") or {}).get("preprocessing") or {}

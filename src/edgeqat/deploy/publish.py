@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgeqat.agent.manifest import MANIFEST_KEY, Preprocessing, ReleasePayload, release_dir, release_key
+from edgeqat.agent.manifest import MANIFEST_KEY, Preprocessing, ReleasePayload, release_key
 from edgeqat.deploy.gate import Candidate
 from edgeqat.deploy.signing import ManifestSigner
 
@@ -27,7 +27,8 @@ def publish_release(store: Any, target_name: str, candidate: Candidate, model_pa
     """Upload the file (unless that release is already there), then the signed manifest."""
     sha = candidate.sha256 or ""
     key = release_key(candidate.version, sha)
-    if key not in set(store.list(release_dir(candidate.version, sha) + "/")):
+    folder = key.rsplit("/", 1)[0]
+    if key not in set(store.list(folder + "/")):
         store.put(key, model_path.read_bytes())
     payload = ReleasePayload(
         target=target_name, model_name=candidate.model_name, version=candidate.version, model_key=key,
@@ -35,6 +36,6 @@ def publish_release(store: Any, target_name: str, candidate: Candidate, model_pa
         published_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), run_id=candidate.run_id,
         source=candidate.source, metrics=metrics)
     manifest = signer.sign(payload)
-    store.put(f"{release_dir(candidate.version, sha)}/manifest.json", manifest)
+    store.put(f"{folder}/manifest.json", manifest)
     store.put(MANIFEST_KEY, manifest)
     return payload

@@ -84,5 +84,6 @@ def load_target(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
                               OmegaConf.from_dotlist(list(overrides)))
         target: Any = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
-        raise TargetError(f"deploy target {path}: {str(e).splitlines()[0]}") from None
+        key = f"{e.full_key}: " if getattr(e, "full_key", None) else ""
+        raise TargetError(f"deploy target {path}: {key}{str(e).splitlines()[0]}") from None
     return target

@@ -17,12 +17,13 @@ _REPORT_TAGS = {"accuracy": "acc", "latency_p95_ms": "latency_p95_ms", "latency_
 def write_verdict_tags(client: Any, target: str, cand: Candidate, verdict: Verdict, published_at: str) -> None:
     """``deploy.<target>.status|reason|acc|latency_p95_ms|size_mb|cpu|isa|published_at`` on the version."""
     prefix = f"deploy.{target}."
-    tags = {"status": verdict.status, "reason": verdict.reason[:4000],
-            "cpu": str(verdict.report.get("cpu", "")), "isa": str(verdict.report.get("isa", ""))}
+    tags = {"reason": verdict.reason[:4000], "cpu": str(verdict.report.get("cpu", "")),
+            "isa": str(verdict.report.get("isa", ""))}
     tags.update({tag: f"{verdict.report[k]:.6g}" for k, tag in _REPORT_TAGS.items()
                  if verdict.report.get(k) is not None})
     if published_at:
         tags["published_at"] = published_at
+    tags["status"] = verdict.status  # last: a reader who sees the status sees the figures too
     for key, value in tags.items():
         client.set_model_version_tag(cand.model_name, cand.version, prefix + key, value)
 

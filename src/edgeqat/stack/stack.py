@@ -71,6 +71,7 @@ from edgeqat.stack.seaweed import (
 
 Echo = Callable[[str], None]
 SERVICES = ("seaweedfs", "mlflow")  # start order; stopped in reverse
+ATTACHED = ("deploy",)  # started beside the stack (`edgeqat demo`'s deploy controller); stopped first
 ARTIFACTS_BUCKET = "edgeqat-artifacts"
 _OWN_PORT_GRACE_S = 15.0  # how long a port our own crashed server held may take to be released
 
@@ -426,7 +427,7 @@ def stack_down(home: Path | str = ".edgeqat", *, timeout_s: float = 20.0, echo: 
     """
     paths = StackPaths.at(home)
     stopped = []
-    for service in reversed(SERVICES):
+    for service in (*ATTACHED, *reversed(SERVICES)):
         was_running, message = stop_server(paths.pid(service), timeout_s=timeout_s)
         if message:
             echo(message)

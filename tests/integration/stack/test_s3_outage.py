@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -25,10 +24,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from edgeqat.stack.processes import LOOPBACK, stop_server, wait_port_free
-from edgeqat.stack.s3 import S3Credentials
-from edgeqat.stack.seaweed import DEFAULT_BUCKETS, SeaweedConfig, SeaweedPorts, start_seaweedfs
-from tests.fixtures.servers import S3Server
+from edgeqat.stack.seaweed import DEFAULT_BUCKETS
+from tests.fixtures.servers import OwnSeaweed, S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -36,23 +33,6 @@ JOB = ["data=digits", "data.image_size=16", "model=resnet18", "trainer.max_epoch
        "trainer.enable_progress_bar=false", "quant=fp32", "quant.benchmark_resolutions=[]", "quant.latency_iters=3",
        "tracking.experiment_name=s3-outage", "tracking.close_timeout_s=8"]
 CKPT = "checkpoints/fp32/best.ckpt"
-
-
-class OwnSeaweed:
-    """A SeaweedFS this module may stop and restart: same ports, keys and data directory."""
-
-    def __init__(self, root: Path) -> None:
-        credentials = S3Credentials(f"outage-{secrets.token_hex(4)}", secrets.token_urlsafe(24), "test")
-        self.config = SeaweedConfig(root / "data", SeaweedPorts.pick(), credentials)
-        self.pid_path, self.log_path = root / "seaweedfs.json", root / "seaweedfs.log"
-        self.server = S3Server(self.config.endpoint_url, credentials, DEFAULT_BUCKETS, self.config.data_dir)
-
-    def start(self) -> None:
-        wait_port_free(LOOPBACK, self.config.ports.s3, timeout_s=15.0)
-        start_seaweedfs(self.config, pid_path=self.pid_path, log_path=self.log_path, timeout_s=60)
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        stop_server(self.pid_path, timeout_s=timeout_s)
 
 
 @pytest.fixture
