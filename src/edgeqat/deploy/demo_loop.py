@@ -137,7 +137,7 @@ def close_the_loop(home: Path, tracking_uri: str, run_id: str, env: Mapping[str,
         return LoopResult(name, version, model_url, verdict, (), seconds)
     echo(f"Agent runs {name} v{version} ({seconds:.1f} s after the promotion)")
     images = write_test_images(run_id, tracking_uri, home / "agent" / "demo-images")
-    pred = subprocess.run([*agent[:3], "predict", *(str(p) for p, _ in images), "--home",
+    pred = subprocess.run([*agent[:4], "predict", *(str(p) for p, _ in images), "--home",
                            str(home / "agent" / TARGET)], env=env, capture_output=True, text=True, timeout=120)
     lines = tuple(line for line in pred.stdout.splitlines() if line.strip())
     for line, (_, truth) in zip(lines, images):

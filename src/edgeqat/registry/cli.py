@@ -10,7 +10,9 @@ def _promote(args: argparse.Namespace) -> int:
 
     from edgeqat.registry.promote import promote
     from edgeqat.tracking import resolve_tracking_uri
+    from edgeqat.tracking.recorder import configure_http_retries
 
+    configure_http_retries(max_retries=1, timeout_s=10)  # a person is waiting: fail in seconds, not minutes
     client = MlflowClient(resolve_tracking_uri(args.tracking_uri))
     mv = promote(client, args.name, args.version, alias=args.alias, stage=args.stage)
     where = f"alias {args.alias!r}" if args.alias else f"stage {mv.current_stage!r}"

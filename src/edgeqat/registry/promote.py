@@ -27,7 +27,12 @@ def promote(client: Any, name: str, version: str | int, *, alias: str | None = N
         raise PromoteError("Pass exactly one of --alias NAME or --stage Staging|Production|Archived")
     try:
         mv = client.get_model_version(name, str(version))
-    except MlflowException as e:
+    except Exception as e:
+        from edgeqat.tracking.spool import is_transient
+
+        if is_transient(e) or not isinstance(e, MlflowException):
+            raise PromoteError(f"Cannot reach the tracking server at {client.tracking_uri}: start it (edgeqat "
+                               "stack up) or pass --tracking-uri") from e
         raise PromoteError(f"No version {version} of registered model {name!r} at {client.tracking_uri} "
                            f"({e.error_code}): check the name and version in the MLflow UI's Models page") from e
     if alias is not None:

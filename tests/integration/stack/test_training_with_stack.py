@@ -86,10 +86,13 @@ def _demo(home: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess
 
 def test_demo_runs_one_tracked_job_and_says_where_the_models_are(tmp_path: Path) -> None:
     home = tmp_path / ".edgeqat"
-    ptq = [o for o in JOB if o != "quant=fp32"] + ["quant=ptq_int8", "quant.calibration_batches=1"]  # INT8, fast
+    # INT8 and fast, but trained enough (3 full epochs) for the default target's gate (accuracy >= 0.5).
+    ptq = [o for o in JOB if o not in ("quant=fp32", "trainer.max_epochs=1", "trainer.limit_train_batches=3")]
+    ptq += ["quant=ptq_int8", "quant.calibration_batches=1", "trainer.max_epochs=3"]
     overrides = " ".join([*ptq, f"output_dir={tmp_path}/out"])
     try:
-        proc = _demo(home, tmp_path, "--mlflow-port", "0", "--s3-port", "0", "--overrides", overrides)
+        proc = _demo(home, tmp_path, "--mlflow-port", "0", "--s3-port", "0", "--deploy-port", "0",
+                     "--overrides", overrides)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         out = proc.stdout
         assert "SeaweedFS started" in out and "MLflow started" in out
@@ -112,6 +115,8 @@ def test_demo_runs_one_tracked_job_and_says_where_the_models_are(tmp_path: Path)
                 head = s3.head_object(Bucket=ARTIFACTS_BUCKET, Key=key)
                 assert head["ContentLength"] == int(printed.group(1).replace(",", ""))
 
+        _check_the_deploy_half(home, tracking_uri, run_id, out)
+
         # Again on the running stack (reused, not restarted), with a job that fails, and --down.
         proc = _demo(home, tmp_path, "--overrides", "model.name=resnet181", "--down")
         assert proc.returncode != 0
@@ -121,5 +126,26 @@ def test_demo_runs_one_tracked_job_and_says_where_the_models_are(tmp_path: Path)
         assert re.search(new_run, proc.stdout), "a new run in the same experiment"
         assert "The run ended FAILED" in proc.stdout  # read from the server before it was stopped
         assert stack_status(home).exit_code == 3, "--down stops the stack"
+        assert not (home / "run" / "deploy.json").exists(), "--down stops the deploy controller too"
     finally:
         stack_down(home, echo=lambda _: None)
+
+
+def _check_the_deploy_half(home: Path, tracking_uri: str, run_id: str, out: str) -> None:
+    """The run's version promoted, gated, published and running on the local agent, with predictions."""
+    client = MlflowClient(tracking_uri)
+    name, version = client.get_run(run_id).data.tags["edgeqat.model_version"].rsplit("/", 1)
+    assert f"Registered model: {tracking_uri}/#/models/{name}/versions/{version}" in out, out[-2000:]
+    assert re.search(rf"Agent runs {re.escape(name)} v{version} \(\d+\.\d s after the promotion\)", out)
+    predictions = re.findall(r"^    (\S+\.png)\t(\S+)\t([\d.]+)   \(true: (\S+)\)$", out, re.MULTILINE)
+    assert len(predictions) == 4, out[-2000:]
+    assert client.get_model_version(name, version).tags["deploy.local.status"] == "deployed"
+    assert client.get_model_version_by_alias(name, "production").version == version
+    hooks = [w for w in client.list_webhooks() if w.name == "edgeqat-deploy"]
+    assert len(hooks) == 1 and hooks[0].url.endswith("/webhook")
+    secret_file = home / "secrets" / "webhook_secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    secret = secret_file.read_text().strip()
+    for log in (home / "logs").glob("*.log"):
+        assert secret not in log.read_text(errors="replace"), f"the webhook secret leaked into {log}"
+    assert secret not in out
