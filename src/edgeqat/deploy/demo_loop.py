@@ -52,7 +52,7 @@ def ensure_controller(home: Path, env: Mapping[str, str], port: int = DEFAULT_DE
 
 
 def write_test_images(run_id: str, tracking_uri: str, dest: Path, count: int = 4) -> list[tuple[Path, str]]:
-    """A few images of the run's test split as PNG files, with their true class names."""
+    """A few images of the run's test split, each of another class, as PNG files with their true class names."""
     import mlflow.artifacts
     import numpy as np
     from hydra.utils import instantiate
@@ -63,7 +63,9 @@ def write_test_images(run_id: str, tracking_uri: str, dest: Path, count: int = 4
                                                               tracking_uri=tracking_uri))
     dm = instantiate(cfg.data)
     dm.setup()
-    idx = dm.split_indices["test"][:count]
+    test, labels = dm.split_indices["test"], dm.image_set.labels
+    firsts = {int(labels[i]): int(i) for i in reversed(test)}  # the first test image of each class
+    idx = [firsts[c] for c in sorted(firsts)][:: max(1, len(firsts) // count)][:count]
     dest.mkdir(parents=True, exist_ok=True)
     out = []
     for n, i in enumerate(idx):

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import boto3
 import numpy as np
 import pytest
 import requests
@@ -81,11 +81,17 @@ def _register_scrambled(loop: Loop, run_id: str, where: Path) -> str:
     return op["version"]
 
 
-def _manifest(loop: Loop, seaweedfs: Any) -> dict[str, Any]:
+def _published(loop: Loop, seaweedfs: Any) -> tuple[dict[str, Any], set[str]]:
+    """The target's manifest payload and every key under its location."""
     bucket, prefix = DEFAULT_BUCKETS[0], loop.publish.split(f"{DEFAULT_BUCKETS[0]}/", 1)[1]
-    s3 = boto3.client("s3", endpoint_url=seaweedfs.endpoint_url, aws_access_key_id=seaweedfs.credentials.access_key,
-                      aws_secret_access_key=seaweedfs.credentials.secret_key, region_name="us-east-1")
-    return json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}manifest.json")["Body"].read())["payload"]
+    with closing(seaweedfs.client()) as s3:
+        manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}manifest.json")["Body"].read())
+        listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return manifest["payload"], {o["Key"][len(prefix):] for o in listing}
+
+
+def _manifest(loop: Loop, seaweedfs: Any) -> dict[str, Any]:
+    return _published(loop, seaweedfs)[0]
 
 
 def _tags(loop: Loop, version: str) -> dict[str, str]:
@@ -172,7 +178,9 @@ def test_a_version_under_the_accuracy_floor_is_rejected_and_nothing_ships(loop: 
     wait_for("the verdict on the scrambled version", lambda: _status(loop, bad) == "rejected", 120)
     reason = _tags(loop, bad)[f"deploy.{loop.target}.reason"]
     assert "accuracy" in reason and "floor" in reason
-    assert _manifest(loop, seaweedfs)["version"] == "1"
+    manifest, keys = _published(loop, seaweedfs)
+    assert manifest["version"] == "1"
+    assert not any(k.startswith(f"releases/v{bad}-") for k in keys), "nothing of the rejected version is published"
     time.sleep(2.0)
     assert loop.agent_version() == "1"
 
