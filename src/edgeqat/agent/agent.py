@@ -21,7 +21,6 @@ import random
 import re
 import shutil
 import socket
-import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,7 +31,7 @@ from edgeqat.agent.manifest import HEARTBEAT_PREFIX, MANIFEST_KEY, ManifestError
     parse_manifest
 from edgeqat.agent.predictor import ACTIVE_FILE, ActiveModel, NoActiveModel, Predictor, SmokeTestError, \
     read_active, smoke_test
-from edgeqat.agent.store import NotFound, Store, StoreError
+from edgeqat.agent.store import NotFound, Store, StoreError, write_atomic
 from edgeqat.errors import EdgeqatError
 
 __all__ = ["Agent", "AgentError", "PollResult", "Predictor", "State", "KEEP_RELEASES"]
@@ -71,20 +70,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Agent:
@@ -188,7 +173,7 @@ class Agent:
         active = ActiveModel(model_name=payload.model_name, version=payload.version, sha256=payload.sha256,
                              model_path=model.resolve(), preprocessing=payload.preprocessing,
                              target=self.target, activated_at=_now(), manifest=payload.to_dict())
-        _write_atomic(self.home / ACTIVE_FILE, json.dumps(active.to_dict(), indent=2).encode() + b"\n")
+        write_atomic(self.home / ACTIVE_FILE, json.dumps(active.to_dict(), indent=2).encode() + b"\n")
         os.utime(model.parent)  # recency for pruning is "last activated", so a rollback counts as recent
         self.active = active
         self._prune()
@@ -219,7 +204,7 @@ class Agent:
         while len(self._refused) > _MAX_REFUSED:
             self._refused.pop(next(iter(self._refused)))
         try:
-            _write_atomic(self.home / _REFUSED_FILE, json.dumps(self._refused, indent=2).encode())
+            write_atomic(self.home / _REFUSED_FILE, json.dumps(self._refused, indent=2).encode())
         except OSError as e:
             log.warning("cannot record the refusal in %s (%s)", self.home, e)
         return PollResult("refused", version, reason)

@@ -13,6 +13,7 @@ import json
 import logging
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -67,7 +68,7 @@ class Controller:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._surfaced: dict[tuple[str, str], str] = {}
-        self.outcomes: list[tuple[str, str]] = []  # (target, outcome), for status pages and tests
+        self.outcomes: deque[tuple[str, str]] = deque(maxlen=200)  # (target, outcome) of the latest passes
 
     # -- events ---------------------------------------------------------------------------------
     def handle_event(self, event: WebhookEvent) -> str:

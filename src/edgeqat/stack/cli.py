@@ -12,7 +12,6 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-
 from edgeqat.stack.webhook import DEFAULT_DEPLOY_PORT
 
 _HOME_HELP = "state directory: pid files, logs, data, stack.env (default: ./.edgeqat)"

@@ -33,16 +33,6 @@ PREFIX = "deployments/outage/"
 SOURCE = f"s3://{DEFAULT_BUCKETS[0]}/{PREFIX}"
 
 
-@pytest.fixture
-def own_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnSeaweed]:
-    s3 = OwnSeaweed(tmp_path_factory.mktemp("seaweedfs-agent"))
-    s3.start()
-    try:
-        yield s3
-    finally:
-        s3.stop(timeout_s=5.0)
-
-
 def _wait(what: str, check: Callable[[], bool], timeout_s: float, proc: subprocess.Popen) -> float:
     """Seconds until ``check()`` holds; fails if the agent exits or ``timeout_s`` passes first."""
     start = time.monotonic()

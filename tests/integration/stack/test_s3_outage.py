@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -33,18 +32,6 @@ JOB = ["data=digits", "data.image_size=16", "model=resnet18", "trainer.max_epoch
        "trainer.enable_progress_bar=false", "quant=fp32", "quant.benchmark_resolutions=[]", "quant.latency_iters=3",
        "tracking.experiment_name=s3-outage", "tracking.close_timeout_s=8"]
 CKPT = "checkpoints/fp32/best.ckpt"
-
-
-@pytest.fixture
-def own_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnSeaweed]:
-    s3 = OwnSeaweed(tmp_path_factory.mktemp("seaweedfs-outage"))
-    s3.start()
-    try:
-        yield s3
-    finally:
-        # Its data is not needed any more; SeaweedFS's volume server sometimes sits out the whole
-        # graceful-stop wait after large uploads, so do not wait the full 20 s for it here.
-        s3.stop(timeout_s=3.0)
 
 
 def _keys(s3: S3Server, prefix: str) -> set[str]:

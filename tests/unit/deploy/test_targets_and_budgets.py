@@ -57,3 +57,14 @@ def test_a_latency_budget_is_never_called_met_on_another_kind_of_cpu() -> None:
     g = GateConfig(p95_latency_ms=100.0)
     failures = budget_failures(_report(isa="amx", target_isa="avx2"), g, acc_fp32=None, same_cpu=False)
     assert len(failures) == 1 and "avx2" in failures[0] and "amx" in failures[0]
+
+
+def test_another_evaluation_set_is_fed_with_the_models_own_normalisation() -> None:
+    """``gate.eval_data``: any data source, but normalised as the model expects, not as that dataset would be."""
+    from edgeqat.deploy.gate import evaluation_set
+
+    target = load_target("local", ["gate.eval_data=[data=digits]", "gate.eval_limit=64"])
+    pre = {"image_size": 12, "channels": 1, "mean": [0.0], "std": [1.0]}  # a model fed raw [0, 1] pixels
+    images, labels, source = evaluation_set("unused://", target, "no-run", pre)
+    assert images.shape == (64, 1, 12, 12) and labels.shape == (64,) and "data=digits" in source
+    assert images.min() >= -1e-5 and images.max() <= 1 + 1e-5 and images.max() > 0.5
