@@ -80,7 +80,8 @@ class QuantConfig:
     # Dense weights the target CPU's int8 kernels compute exactly (quant/weight_format.py): int8 [-127, 127],
     # int7 [-64, 64], u8 (int8 stored as uint8 + 128), auto = int7 where the target's kernels saturate (AVX2)
     weight_range: str = "auto"
-    target_isa: Optional[str] = None  # the CPU the model is for (quant/isa.py: avx2, avx512_vnni, amx, ...); None: this one
+    # the CPU the model is for (quant/isa.py: avx2, avx512_vnni, amx, ...; deploy:<target>: that target's); None: this one
+    target_isa: Optional[str] = None
     # Deep convs on ORT's AMX int8 GEMM, same outputs (quant/gemm_routing.py); None: where the target has AMX
     ort_gemm_convs: Optional[bool] = None
     ptq_baseline: bool = False  # also quantize the FP32 model with ORT static PTQ (test/acc_ptq)

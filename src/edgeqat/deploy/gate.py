@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeqat.deploy.runtimes import load_runtime
 from edgeqat.deploy.targets import DeployTarget
-from edgeqat.quant.isa import detect_cpu, resolve_target_isa
+from edgeqat.quant.isa import Isa, detect_cpu, resolve_target_isa
 from edgeqat.registry.metadata import float_tag, sha256_file
 
 
@@ -150,6 +150,10 @@ def run_gate(tracking_uri: str, target: DeployTarget, candidate: Candidate, work
     if not pre:
         report.reasons.append("the model has no preprocessing metadata (metadata.edgeqat.preprocessing)")
         return GatedModel(report, None, None)
+    mismatch = arithmetic_mismatch(model_path, target_isa)
+    if mismatch:
+        report.reasons.append(mismatch)
+        return GatedModel(report, None, None)
     report.size_mb = model_path.stat().st_size / 2**20
     images, labels, report.eval_source = evaluation_set(tracking_uri, target, candidate.run_id, pre)
     report.n_eval = len(labels)
@@ -167,6 +171,28 @@ def run_gate(tracking_uri: str, target: DeployTarget, candidate: Candidate, work
     report.passed = not report.reasons
     (dest / "gate_report.json").write_text(json.dumps(report.to_dict(), indent=1))
     return GatedModel(report, model_path, pre)
+
+
+def arithmetic_mismatch(model_path: Path, target_isa: Isa) -> str | None:
+    """Why the file would compute other integers on the target's CPU, or None.
+
+    On AVX2 without VNNI, ORT's dense u8s8 kernels add product pairs into a saturating int16: int8
+    weights beyond |64| (a file exported for a VNNI/AMX CPU) are off by up to hundreds of steps
+    there, whatever this controller's own CPU measures (``quant/isa.py``).
+    """
+    if not target_isa.saturates_u8s8:
+        return None
+    import onnx
+
+    from edgeqat.quant.weight_format import dense_weight_extremes
+
+    extremes = dense_weight_extremes(onnx.load(str(model_path)), int8_only=True)
+    worst = max(extremes.values(), default=0)
+    if worst <= target_isa.exact_weight_bound:
+        return None
+    return (f"int8 weights up to |{worst}| in {sum(v > target_isa.exact_weight_bound for v in extremes.values())} "
+            f"dense layers saturate ORT's u8s8 kernels on {target_isa.value} CPUs (exact up to "
+            f"|{target_isa.exact_weight_bound}|): re-export with quant.target_isa={target_isa.value}")
 
 
 def budget_failures(report: GateReport, g: Any, acc_fp32: float | None, *, same_cpu: bool) -> list[str]:

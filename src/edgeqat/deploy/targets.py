@@ -58,6 +58,11 @@ class DeployTarget:
         if not self.follows.alias and not self.follows.stage:
             raise TargetError(f"deploy target {self.name!r} follows nothing: set follows.alias or follows.stage")
         g = self.gate
+        from edgeqat.quant.isa import Isa
+
+        if g.isa is not None and str(g.isa).lower() not in Isa.names():
+            raise TargetError(f"deploy target {self.name!r}: gate.isa={g.isa!r}: choose one of "
+                              f"{', '.join(Isa.names())} or null (the controller's CPU)")
         if g.threads < 1 or g.batch != 1 or g.latency_iters < 5:
             raise TargetError(f"deploy target {self.name!r}: gate.threads >= 1, gate.batch = 1 and "
                               "gate.latency_iters >= 5 (a p95 needs samples)")

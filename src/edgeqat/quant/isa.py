@@ -118,16 +118,26 @@ def detect_cpu(cpuinfo: Path = _CPUINFO, machine: str | None = None) -> CpuInfo:
     return CpuInfo(model or platform.processor() or machine, isa_from_flags(flags, machine))
 
 
+DEPLOY_PREFIX = "deploy:"
+
+
 def resolve_target_isa(name: str | None) -> Isa:
-    """``quant.target_isa``: None means the exporting CPU's own; otherwise one of ``Isa.names()``."""
+    """``quant.target_isa``: None means the exporting CPU's own; ``deploy:<target>`` that deploy
+    target's CPU kind (``gate.isa``, itself None for the controller's own: this CPU); otherwise one
+    of ``Isa.names()``."""
     if name is None:
         return detect_cpu().isa
+    if str(name).startswith(DEPLOY_PREFIX):
+        from edgeqat.deploy.targets import load_target
+
+        return resolve_target_isa(load_target(str(name)[len(DEPLOY_PREFIX):]).gate.isa)
     try:
         return Isa(str(name).lower())
     except ValueError:
         hint = difflib.get_close_matches(str(name).lower(), Isa.names(), n=1)
         raise QuantizationError(
-            f"Unknown quant.target_isa {name!r}: choose one of {', '.join(Isa.names())} or null (this CPU)"
+            f"Unknown quant.target_isa {name!r}: choose one of {', '.join(Isa.names())}, deploy:<target> "
+            "or null (this CPU)"
             + (f". Did you mean {hint[0]!r}?" if hint else "")
         ) from None
 

@@ -126,10 +126,16 @@ def conv_group(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "group"), 1)
 
 
-def dense_weight_extremes(model: onnx.ModelProto) -> dict[str, int]:
-    """Largest |w_q - zero_point| per saturating-kernel node: what the target's exactness depends on."""
+def dense_weight_extremes(model: onnx.ModelProto, *, int8_only: bool = False) -> dict[str, int]:
+    """Largest |w_q - zero_point| per saturating-kernel node: what the target's exactness depends on.
+
+    ``int8_only``: skip weights stored as uint8 (ORT runs those on its exact U8U8 kernels), leaving
+    exactly the nodes a ``vpmaddubsw`` CPU can saturate on.
+    """
     out = {}
     for node, dq, weight, zero_point in _weighted_dequantizes(model):
+        if int8_only and weight.data_type != onnx.TensorProto.INT8:
+            continue
         w = numpy_helper.to_array(weight).astype(np.int32)
         if not is_saturating_kernel(node.op_type, tuple(w.shape), conv_group(node)):
             continue
