@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
