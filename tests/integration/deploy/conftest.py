@@ -19,19 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from edgeqat.stack.processes import free_port
 from edgeqat.stack.webhook import load_webhook_secret, register_deploy_webhook
+from tests.unit.agent.helpers import agent_command  # the agent with torch, mlflow, ... unimportable
 
-# Modules the device must never need: the agent runs with them made unimportable.
-BLOCKED = ("torch", "lightning", "mlflow", "hydra", "omegaconf", "timm", "onnx", "cryptography")
-AGENT_LAUNCHER = (
-    "import sys\n"
-    "class _Blocked:\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    f"        if name.split('.')[0] in {set(BLOCKED)!r}:\n"
-    "            raise ImportError(f'{name} is not installed on the device')\n"
-    "sys.meta_path.insert(0, _Blocked())\n"
-    "from edgeqat.agent.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
 TINY_QAT = ["data=digits", "data.image_size=16", "model=resnet18", "model.name=test_resnet", "quant=qat_int8",
             "quant.qat_epochs=1", "quant.benchmark_resolutions=[]", "quant.latency_iters=5", "trainer.max_epochs=2",
             "trainer.enable_progress_bar=false", "tracking.experiment_name=deploy-loop"]
@@ -100,9 +89,8 @@ class Loop:
     def start_agent(self) -> None:
         log = open(self.home / "agent.log", "w")  # noqa: SIM115
         self.procs["agent"] = subprocess.Popen(
-            [sys.executable, "-c", AGENT_LAUNCHER, "--target", self.target, "--source", self.publish,
-             "--home", str(self.agent_home), "--public-key", str(self.home / "deploy_signing_key.pub"),
-             "--interval", "0.5"],
+            agent_command(["--target", self.target, "--source", self.publish, "--home", str(self.agent_home),
+                           "--public-key", str(self.home / "deploy_signing_key.pub"), "--interval", "0.5"]),
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def agent_version(self) -> str | None:
