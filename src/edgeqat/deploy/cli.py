@@ -56,6 +56,8 @@ def _serve(args: argparse.Namespace) -> int:
     from edgeqat.stack.processes import LOOPBACK, ensure_port_free
     from edgeqat.stack.webhook import load_webhook_secret
 
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("edgeqat.deploy").setLevel(logging.INFO)  # one line per gate decision, in the log
     home = Path(args.home).expanduser().absolute()
     ensure_port_free(args.host if args.host != "0.0.0.0" else LOOPBACK, args.port, service="deploy controller",
                      fix="stop that process, or pass --port N (and re-register the webhook: edgeqat stack up "
@@ -119,4 +121,3 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     once.set_defaults(func=_reconcile)
     targets = deploy_sub.add_parser("targets", help="list the deploy targets")
     targets.set_defaults(func=_targets)
-    logging.getLogger("edgeqat.deploy").setLevel(logging.INFO)

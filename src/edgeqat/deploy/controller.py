@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeqat.agent.manifest import HEARTBEAT_PREFIX
-from edgeqat.agent.store import open_store
+from edgeqat.agent.store import NotFound, open_store
 from edgeqat.deploy.gate import Candidate, fetch_model, run_gate
 from edgeqat.deploy.publish import publish_release
 from edgeqat.deploy.signing import ManifestSigner
@@ -210,9 +210,13 @@ class Controller:
             now = datetime.now(timezone.utc)
             by_model: dict[str, set[str]] = {}
             for key in store.list(HEARTBEAT_PREFIX):
-                beat = json.loads(store.get(key))
-                polled = datetime.fromisoformat(beat.get("polled_at", "1970-01-01T00:00:00+00:00"))
-                if beat.get("model_name") and beat.get("active_version") and now - polled < HEARTBEAT_MAX_AGE:
+                try:
+                    beat = json.loads(store.get(key))
+                    age = now - datetime.fromisoformat(beat.get("polled_at", "1970-01-01T00:00:00+00:00"))
+                except (ValueError, TypeError, AttributeError, NotFound) as e:  # one bad heartbeat, not all
+                    log.info("heartbeat %s unreadable: %s", key, e)
+                    continue
+                if beat.get("model_name") and beat.get("active_version") and age < HEARTBEAT_MAX_AGE:
                     by_model.setdefault(beat["model_name"], set()).add(str(beat["active_version"]))
             for model, versions in by_model.items():
                 value = ",".join(sorted(versions, key=lambda v: int(v) if v.isdigit() else 0))
