@@ -120,7 +120,7 @@ class TrackingConfig:
     """Where and how the run is tracked in MLflow."""
 
     tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
-    experiment_name: str = "edgeqat"
+    experiment_name: Optional[str] = None  # None: $MLFLOW_EXPERIMENT_NAME, else $MLFLOW_EXPERIMENT_ID, else edgeqat
     run_name: Optional[str] = None
     log_checkpoints: bool = True
     system_metrics: bool = False  # MLflow system metrics (CPU, memory) sampled during the run

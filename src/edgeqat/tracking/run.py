@@ -26,6 +26,7 @@ from edgeqat.tracking.recorder import DEFAULT_BATCH_WINDOW_S, RunRecorder, confi
 from edgeqat.tracking.secrets import scrub_secrets
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "edgeqat"
 FAILURE_TAG = "edgeqat.failure"
 STATUS_TAG = "edgeqat.status"
 RUN_ID_ENV = "EDGEQAT_RUN_ID"
@@ -84,15 +85,37 @@ def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         ) from e
 
 
-def _open_run(client: Any, experiment_name: str, run_name: str | None, tags: Mapping[str, str]) -> str:
+def resolve_experiment(client: Any, configured: str | None) -> str:
+    """The experiment id a new run goes to, by MLflow's own conventions.
+
+    ``tracking.experiment_name`` when set, else ``$MLFLOW_EXPERIMENT_NAME``, else
+    ``$MLFLOW_EXPERIMENT_ID`` (which must exist), else ``edgeqat``. Named experiments are created
+    on first use.
+
+    Raises:
+        TrackingError: ``$MLFLOW_EXPERIMENT_ID`` names no experiment on this server.
+    """
+    name = configured or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if not name and os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        exp_id = os.environ["MLFLOW_EXPERIMENT_ID"]
+        try:
+            return client.get_experiment(exp_id).experiment_id
+        except Exception as e:  # noqa: BLE001 - MLflow raises its own types for a missing id
+            raise TrackingError(f"MLFLOW_EXPERIMENT_ID={exp_id} is not an experiment at {client.tracking_uri}: "
+                                "unset it, or pass tracking.experiment_name=<name>") from e
+    name = name or DEFAULT_EXPERIMENT
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
+def _open_run(client: Any, experiment_name: str | None, run_name: str | None, tags: Mapping[str, str]) -> str:
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
         if tags:
             for k, v in tags.items():
                 client.set_tag(run_id, k, v)
         return run_id
-    exp = client.get_experiment_by_name(experiment_name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name)
+    exp_id = resolve_experiment(client, experiment_name)
     return client.create_run(exp_id, run_name=run_name, tags=dict(tags)).info.run_id
 
 
@@ -115,7 +138,7 @@ def _raise_preempted(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def tracked_run(tracking_uri: str | None, experiment_name: str, output_dir: Path, run_name: str | None = None,
+def tracked_run(tracking_uri: str | None, experiment_name: str | None, output_dir: Path, run_name: str | None = None,
                 tags: Mapping[str, str] | None = None, close_timeout_s: float = 60.0,
                 batch_window_s: float = DEFAULT_BATCH_WINDOW_S) -> Iterator[RunContext]:
     """Yield the run; end it FINISHED, FAILED (with ``edgeqat.failure`` + traceback) or KILLED.
