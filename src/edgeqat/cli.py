@@ -93,20 +93,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         from edgeqat.agent.cli import main as agent_main
 
         return agent_main(argv[1:])
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from edgeqat.tracking.run import Preempted
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SIGTERMException, Preempted):
-        print("edgeqat: stopped by SIGTERM; the run is KILLED and tagged with its resumable checkpoint "
-              "(edgeqat.checkpoint_uri): resume with ckpt_path=<file>", file=sys.stderr)
-        return 143
     except EdgeqatError as e:
         from edgeqat.tracking import fail_attached_run
 
-        fail_attached_run(e)
+        fail_attached_run(e)  # under `mlflow run`, its run must not stay RUNNING
         print(f"edgeqat: error: {e}", file=sys.stderr)
         return 2
+    except BaseException as e:
+        if not isinstance(e, _sigterm_types()):
+            raise
+        print("edgeqat: stopped by SIGTERM; the run is KILLED and tagged with its resumable checkpoint "
+              "(edgeqat.checkpoint_uri): resume with ckpt_path=<file>", file=sys.stderr)
+        return 143
+
+
+def _sigterm_types() -> tuple[type[BaseException], ...]:
+    """How a SIGTERM surfaces, from the modules that can raise it: only those already imported.
+
+    Looked up in ``sys.modules`` rather than imported, so that ``--help`` and argument errors never
+    import Lightning (seconds of CPU) just to name an exception nothing could have raised.
+    """
+    types: list[type[BaseException]] = []
+    if (run := sys.modules.get("edgeqat.tracking.run")) is not None:
+        types.append(run.Preempted)
+    if (lightning := sys.modules.get("lightning.pytorch.utilities.exceptions")) is not None:
+        types.append(lightning.SIGTERMException)
+    return tuple(types)

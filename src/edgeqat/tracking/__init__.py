@@ -1,33 +1,39 @@
-"""MLflow wiring: one run per job, attached to ``mlflow run``'s run when there is one."""
+"""MLflow wiring: one run per job, attached to ``mlflow run``'s run when there is one.
 
-from edgeqat.tracking.logger import MlflowRunLogger
-from edgeqat.tracking.params import flatten_config
-from edgeqat.tracking.recorder import RunRecorder
-from edgeqat.tracking.run import (
-    DEFAULT_TRACKING_URI,
-    RunContext,
-    TrackingError,
-    fail_attached_run,
-    failure_line,
-    lightning_handles_sigterm,
-    log_run_config,
-    resolve_tracking_uri,
-    tracked_run,
-)
-from edgeqat.tracking.spool import sync_spool
+Names are imported on first use (PEP 562): the secret scrubbing and the spool are needed by the
+stack and the CLI, which must not pay for Lightning (``MlflowRunLogger``) to build a parser.
+"""
 
-__all__ = [
-    "DEFAULT_TRACKING_URI",
-    "MlflowRunLogger",
-    "RunContext",
-    "RunRecorder",
-    "TrackingError",
-    "fail_attached_run",
-    "failure_line",
-    "lightning_handles_sigterm",
-    "flatten_config",
-    "log_run_config",
-    "resolve_tracking_uri",
-    "sync_spool",
-    "tracked_run",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DEFAULT_TRACKING_URI": "run",
+    "MlflowRunLogger": "logger",
+    "RunContext": "run",
+    "RunRecorder": "recorder",
+    "TrackingError": "run",
+    "fail_attached_run": "run",
+    "failure_line": "run",
+    "flatten_config": "params",
+    "lightning_handles_sigterm": "run",
+    "log_run_config": "run",
+    "resolve_tracking_uri": "run",
+    "sync_spool": "spool",
+    "tracked_run": "run",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'edgeqat.tracking' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"edgeqat.tracking.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
