@@ -50,7 +50,31 @@ def create_backbone(
     if not timm.is_model(name):
         raise UnknownModelError(_unknown_message(name))
     # No hub downloads here: weights start random (or from a local checkpoint loaded later).
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if not kwargs.get("zero_init_last"):
+        restore_zeroed_bn_gammas(model)
+    return model
+
+
+def restore_zeroed_bn_gammas(model: nn.Module) -> int:
+    """Set BatchNorm scales that timm initialised to zero back to one; returns how many layers.
+
+    Many timm families (ResNet, RegNet, ResNeXt, DLA, ...) zero-init the last BN gamma of each
+    residual block so that a block starts as identity. QAT's simulated conv-BN fold divides by that
+    gamma's running scale, and a zero gamma makes the folded weight's quantization grid degenerate.
+    Doing this here, by what the model holds rather than by a per-family ``zero_init_last`` option,
+    covers every model ``model.name`` can name and never passes a model an argument it lacks.
+    Pass ``model.kwargs.zero_init_last=true`` to keep timm's init (FP32-only training).
+    """
+    import torch
+
+    restored = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine and not module.weight.any():
+                module.weight.fill_(1.0)
+                restored += 1
+    return restored
 
 
 def _unknown_message(name: str) -> str:

@@ -36,3 +36,22 @@ def test_list_backbones_includes_torchvision_adapter_and_filters() -> None:
     assert "shufflenet_v2_x0_5" in names
     assert all(n.startswith("shufflenet") for n in names)
     assert "resnet18" in list_backbones()
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_050", "efficientnet_lite0", "regnetx_002", "test_resnet"])
+def test_any_timm_model_by_name_alone_gets_no_other_models_options(name: str) -> None:
+    """``model.name=<x>`` on the default model group: nothing of resnet18's follows it (was a TypeError)."""
+    cfg = compose_config([f"model.name={name}", "data=digits"])
+    model = instantiate(cfg.model)(num_classes=10, in_chans=1)
+    gammas = [m.weight for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert gammas and all(g.any() for g in gammas), "no BN starts with an all-zero scale (QAT folds divide by it)"
+
+
+def test_zeroed_bn_gammas_are_restored_unless_asked_for() -> None:
+    import timm
+
+    from edgeqat.models.factory import restore_zeroed_bn_gammas
+
+    assert restore_zeroed_bn_gammas(timm.create_model("test_resnet", num_classes=3)) > 0  # timm zero-inits them
+    kept = create_backbone("test_resnet", num_classes=3, in_chans=1, kwargs={"zero_init_last": True})
+    assert any(not m.weight.any() for m in kept.modules() if isinstance(m, torch.nn.BatchNorm2d))

@@ -14,7 +14,7 @@ from edgeqat.pipeline import list_recipes
 from edgeqat.quant import Isa, detect_cpu, evaluate_onnx, resolve_ort_gemm_convs
 from edgeqat.train import build, train
 
-# timm's tiny ResNet; zero_init_last off so QAT's simulated BN fold never divides by a zero gamma.
+# timm's tiny ResNet (the factory restores the BN gammas timm zero-inits: QAT's BN fold divides by them).
 TINY_QAT = ["model=resnet18", "model.name=test_resnet", "quant.qat_epochs=1", "quant.benchmark_resolutions=[32]",
             "quant.latency_iters=5", "trainer.max_epochs=2"]
 
