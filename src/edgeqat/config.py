@@ -185,7 +185,46 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"Missing required value(s): {', '.join(missing)}: pass e.g. {missing[0]}=<value>")
+    check_ranges(cfg)
     return cfg
+
+
+# key -> (lowest allowed, what it means): numbers the schema types but cannot bound. Checked at compose
+# time, so `trainer.max_epochs=-1` (Lightning's "forever") is one line, not an OverflowError an hour in.
+RANGES: dict[str, tuple[float, str]] = {
+    "trainer.max_epochs": (0, "epochs of FP32 training (0 with quant.init_checkpoint)"),
+    "trainer.num_nodes": (1, "machines"),
+    "trainer.log_every_n_steps": (1, "steps between logged losses"),
+    "quant.qat_epochs": (0, "QAT epochs"),
+    "quant.qat_lr": (1e-12, "the QAT learning rate"),
+    "quant.calibration_batches": (1, "PTQ calibration batches"),
+    "quant.latency_threads": (1, "ORT threads for latency"),
+    "quant.latency_iters": (1, "timed runs"),
+    "quant.distill_weight": (0, "the distillation share of the loss"),
+    "quant.distill_temperature": (1e-6, "the distillation temperature"),
+    "data.image_size": (8, "pixels a side"),
+    "data.batch_size": (1, "images per training batch"),
+    "data.eval_batch_size": (1, "images per evaluation batch"),
+    "data.num_workers": (0, "loader processes"),
+    "tracking.status_interval_s": (0, "seconds between status tags (0: at every update)"),
+    "tracking.close_timeout_s": (0, "seconds to wait for the server at the end"),
+    "tracking.batch_window_s": (0, "seconds metrics wait to share a request"),
+    "tracking.system_metrics_interval_s": (0.1, "seconds between system metric samples"),
+}
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first value out of its range (:data:`RANGES`)."""
+    for key, (low, meaning) in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < low:
+            shown = int(low) if float(low).is_integer() else low
+            raise ConfigError(f"{key}={value} is out of range: {meaning}, at least {shown}")
+    if cfg.quant.distill_weight > 1:
+        raise ConfigError(f"quant.distill_weight={cfg.quant.distill_weight}: a share of the loss, 0 to 1")
+    small = [r for r in cfg.quant.benchmark_resolutions if r < 8]
+    if small:
+        raise ConfigError(f"quant.benchmark_resolutions has {small[0]}: resolutions are >= 8 pixels a side")
 
 
 def _explain(e: Exception) -> str:

@@ -42,7 +42,7 @@ class TrainResult:
 def build(cfg: DictConfig) -> tuple[ClassificationDataModule, ClassifierModule]:
     """Data first, so the backbone is built to the dataset's classes and channels; fails before any run."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule: ClassificationDataModule = instantiate(cfg.data)
+    datamodule: ClassificationDataModule = _instantiate(cfg.data)
     datamodule.setup()
     backbone = instantiate(cfg.model)(num_classes=datamodule.num_classes, in_chans=datamodule.in_chans)
     module = ClassifierModule(
@@ -55,6 +55,18 @@ def build(cfg: DictConfig) -> tuple[ClassificationDataModule, ClassifierModule]:
     if cfg.quant.init_checkpoint:
         load_fp32_weights(module, cfg.quant.init_checkpoint)
     return datamodule, module
+
+
+def _instantiate(node: DictConfig) -> object:
+    """Hydra ``instantiate``, but our own errors come out as themselves (one line), not wrapped in Hydra's."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(node)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, EdgeqatError):
+            raise e.__cause__ from None
+        raise
 
 
 def load_fp32_weights(module: ClassifierModule, source: str) -> None:

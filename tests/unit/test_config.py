@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -70,3 +72,18 @@ def test_model_name_override_reaches_any_timm_model() -> None:
 def test_experiment_preset_overrides_groups() -> None:
     cfg = compose_config(["experiment=smoke"])
     assert (cfg.data.source, cfg.model.name, cfg.trainer.max_epochs) == ("digits", "mobilenetv3_small_100", 1)
+
+
+@pytest.mark.parametrize("override, named", [
+    ("trainer.max_epochs=-1", "trainer.max_epochs=-1 is out of range"),  # was an OverflowError in Lightning
+    ("data.image_size=0", "data.image_size=0 is out of range"),  # was a Hydra traceback, exit 1
+    ("data.batch_size=0", "data.batch_size=0"),
+    ("quant.qat_epochs=-2", "quant.qat_epochs=-2"),
+    ("quant.latency_iters=0", "quant.latency_iters=0"),
+    ("quant.distill_weight=1.5", "a share of the loss"),
+    ("quant.benchmark_resolutions=[224,4]", "has 4"),
+    ("tracking.close_timeout_s=-1", "tracking.close_timeout_s=-1"),
+])
+def test_numbers_out_of_range_are_refused_at_compose_time(override: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        compose_config([override])
