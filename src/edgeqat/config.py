@@ -6,6 +6,7 @@ wrong type (``trainer.max_epochs=abc``) fails before any run is created.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,8 +241,28 @@ def _explain(e: Exception) -> str:
     while cause.__cause__ is not None and not isinstance(cause, ValidationError):
         cause = cause.__cause__  # the OmegaConf error carries the key and the expected type
     if isinstance(cause, ConfigKeyError):
-        return f"Unknown config key {cause.full_key!r}: check the spelling (edgeqat train --cfg shows the config)"
+        return _unknown_key(cause.full_key)
+    unknown = re.match(r"Could not override '([^']+)'", str(e))
+    if unknown:  # Hydra's own wording suggests "+key=", which only hides a typo
+        return _unknown_key(unknown.group(1))
     if isinstance(cause, ValidationError):
         msg = str(cause).splitlines()[0]
         return f"Bad value for {cause.full_key}: {msg}"
     return " ".join(str(e).split())[:400]
+
+
+def _unknown_key(key: str) -> str:
+    """One line for a key the schema does not have, with the closest one it has."""
+    import difflib
+
+    def keys(node: Any, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in node.items():
+            path = f"{prefix}{k}"
+            out += keys(v, f"{path}.") if isinstance(v, dict) else [path]
+        return out
+
+    schema = OmegaConf.to_container(OmegaConf.structured(Config), resolve=False, throw_on_missing=False)
+    close = difflib.get_close_matches(key, keys(schema), n=1, cutoff=0.8)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"Unknown config key {key!r}: check the spelling (edgeqat train --cfg shows the config).{hint}"

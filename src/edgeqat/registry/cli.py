@@ -8,8 +8,10 @@ import argparse
 def _promote(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
-    from edgeqat.registry.promote import promote
+    from edgeqat.registry.promote import check_promotion, promote
     from edgeqat.tracking import resolve_tracking_uri
+
+    check_promotion(args.alias, args.stage)  # before a client: a bad request touches no server or database
     from edgeqat.tracking.recorder import configure_http_retries
 
     configure_http_retries(max_retries=1, timeout_s=10)  # a person is waiting: fail in seconds, not minutes

@@ -18,13 +18,24 @@ class PromoteError(EdgeqatError):
     """The model, version, alias or stage asked for does not exist; the message names the fix."""
 
 
+def check_promotion(alias: str | None, stage: str | None) -> str | None:
+    """Validate the request before any server is asked; returns the stage's canonical spelling."""
+    if (alias is None) == (stage is None):
+        raise PromoteError("Pass exactly one of --alias NAME or --stage Staging|Production|Archived")
+    if alias is not None and (not alias or alias.lower() == "latest" or (alias[0] in "vV" and alias[1:].isdigit())):
+        raise PromoteError(f"--alias {alias!r} is reserved by MLflow (latest, v<N>): choose another name")
+    canonical = {s.lower(): s for s in STAGES}.get(str(stage).lower()) if stage is not None else None
+    if stage is not None and canonical is None:
+        raise PromoteError(f"--stage {stage!r}: choose one of {', '.join(STAGES)}")
+    return canonical
+
+
 def promote(client: Any, name: str, version: str | int, *, alias: str | None = None,
             stage: str | None = None) -> Any:
     """Point ``alias`` at ``version`` or move it to ``stage``; returns the version. Exactly one of the two."""
     from mlflow.exceptions import MlflowException
 
-    if (alias is None) == (stage is None):
-        raise PromoteError("Pass exactly one of --alias NAME or --stage Staging|Production|Archived")
+    canonical = check_promotion(alias, stage)
     try:
         mv = client.get_model_version(name, str(version))
     except Exception as e:
@@ -36,13 +47,8 @@ def promote(client: Any, name: str, version: str | int, *, alias: str | None = N
         raise PromoteError(f"No version {version} of registered model {name!r} at {client.tracking_uri} "
                            f"({e.error_code}): check the name and version in the MLflow UI's Models page") from e
     if alias is not None:
-        if not alias or alias.lower() == "latest" or (alias[0] in "vV" and alias[1:].isdigit()):
-            raise PromoteError(f"--alias {alias!r} is reserved by MLflow (latest, v<N>): choose another name")
         client.set_registered_model_alias(name, alias, mv.version)
         return client.get_model_version(name, mv.version)
-    canonical = {s.lower(): s for s in STAGES}.get(str(stage).lower())
-    if canonical is None:
-        raise PromoteError(f"--stage {stage!r}: choose one of {', '.join(STAGES)}")
     with warnings.catch_warnings():  # stages are deprecated in MLflow 3; people still use them
         warnings.simplefilter("ignore", FutureWarning)
         return client.transition_model_version_stage(name, mv.version, canonical)
