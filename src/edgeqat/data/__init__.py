@@ -6,8 +6,7 @@ can answer ``--help``, without importing Lightning and torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgeqat._lazy import lazy_exports
 
 _EXPORTS = {
     "ClassificationDataModule": "datamodule",
@@ -20,13 +19,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'edgeqat.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"edgeqat.data.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

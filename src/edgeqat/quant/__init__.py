@@ -16,8 +16,7 @@ prints warnings that would break "bad input is one line on stderr").
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgeqat._lazy import lazy_exports
 
 _EXPORTS = {
     "CpuInfo": "isa",
@@ -57,13 +56,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'edgeqat.quant' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"edgeqat.quant.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

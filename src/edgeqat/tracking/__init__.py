@@ -6,8 +6,7 @@ stack and the CLI, which must not pay for Lightning (``MlflowRunLogger``) to bui
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgeqat._lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_TRACKING_URI": "run",
@@ -27,13 +26,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'edgeqat.tracking' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"edgeqat.tracking.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
