@@ -32,9 +32,10 @@ from pathlib import Path
 
 from _machine import machine_facts
 from edgeqat.config import compose_config
-from edgeqat.deploy.demo_loop import agent_env, active_version
-from edgeqat.stack.processes import free_port
-from edgeqat.stack.stack import StackConfig, read_stack_env, stack_down, stack_up
+from edgeqat.deploy.demo_loop import active_version, ensure_controller
+from edgeqat.stack.processes import free_port, stop_server
+from edgeqat.stack.s3 import with_local_s3_keys
+from edgeqat.stack.stack import StackConfig, StackPaths, read_stack_env, stack_down, stack_up
 from edgeqat.stack.webhook import WEBHOOK_NAME
 from edgeqat.train import train
 
@@ -42,21 +43,6 @@ MODEL = "bench-deploy-int8"
 JOB = ["data=digits", "data.image_size=16", "model=resnet18", "model.name=test_resnet", "quant=qat_int8",
        "quant.qat_epochs=1", "trainer.max_epochs=2", "quant.benchmark_resolutions=[]", "quant.latency_iters=5",
        "trainer.enable_progress_bar=false", "tracking.experiment_name=bench-deploy", f"registry.model_name={MODEL}"]
-
-
-def _controller(home: Path, port: int, poll_s: float, env: dict[str, str]) -> subprocess.Popen:
-    import requests
-
-    proc = subprocess.Popen([sys.executable, "-m", "edgeqat", "deploy", "serve", "--home", str(home), "--port",
-                             str(port), "--poll-interval", str(poll_s)], env=env, start_new_session=True,
-                            stdout=open(home / f"controller-{poll_s:g}.log", "w"), stderr=subprocess.STDOUT)
-    for _ in range(240):
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
-                return proc
-        except requests.RequestException:
-            time.sleep(0.25)
-    raise RuntimeError("the controller did not come up")
 
 
 def _promote_and_time(client, source: str, run_id: str, tags: dict[str, str], agent_home: Path,
@@ -83,30 +69,29 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     try:
         info = stack_up(StackConfig(home=home, mlflow_port=0, s3_port=0, deploy_port=port), echo=lambda _: None)
-        env = agent_env({**os.environ, **read_stack_env(home), "PYTHONUNBUFFERED": "1"})
+        env = with_local_s3_keys({**os.environ, **read_stack_env(home), "PYTHONUNBUFFERED": "1"})
         os.environ.update({k: env[k] for k in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
         result = train(compose_config([*JOB, f"tracking.tracking_uri={info.tracking_uri}", f"output_dir={home}/out"]))
         client = MlflowClient(info.tracking_uri)
         v1 = client.get_model_version(MODEL, result.model_version.split("/")[1])
         tags = {k: v for k, v in v1.tags.items() if not k.startswith("deploy.")}
-        procs.append(_controller(home, port, 3600, env))
+        ensure_controller(home, env, port, poll_interval_s=3600)
         agent_home = home / "agent" / "local"
         procs.append(subprocess.Popen([sys.executable, "-m", "edgeqat", "agent", "--home", str(agent_home),
                                        "--public-key", str(home / "deploy_signing_key.pub"), "--interval", "1"],
                                       env=env, start_new_session=True, stdout=open(home / "agent.log", "w"),
                                       stderr=subprocess.STDOUT))
         webhook = [_promote_and_time(client, v1.source, v1.run_id, tags, agent_home) for _ in range(args.promotions)]
-        procs[0].terminate()
-        procs[0].wait(60)
+        stop_server(StackPaths.at(home).pid("deploy"))
         hook = next(w for w in client.list_webhooks() if w.name == WEBHOOK_NAME)
         client.update_webhook(hook.webhook_id, status="DISABLED")
-        procs[0] = _controller(home, port, args.poll_interval, env)
+        ensure_controller(home, env, port, poll_interval_s=args.poll_interval)
         poll = [_promote_and_time(client, v1.source, v1.run_id, tags, agent_home) for _ in range(args.promotions)]
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(60)
-        stack_down(home, echo=lambda _: None)
+        stack_down(home, echo=lambda _: None)  # the controller too
 
     summary = {path: {"median_s": statistics.median(xs), "worst_s": max(xs), "runs_s": xs}
                for path, xs in (("webhook", webhook), ("poll", poll))}

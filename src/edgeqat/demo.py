@@ -244,9 +244,9 @@ def run_demo(options: DemoOptions, *, echo: Echo = print, out: TextIO | None = N
         models, notes, complete = locate_models(run, info.s3_endpoint_url, destination, env)
         deployed = None
         if complete and options.deploy and run.data.params.get("quant.mode", "fp32") != "fp32":
-            from edgeqat.deploy.demo_loop import agent_env, close_the_loop
+            from edgeqat.deploy.demo_loop import close_the_loop
 
-            deployed = close_the_loop(options.home, info.tracking_uri, run_id, agent_env(env), echo=echo,
+            deployed = close_the_loop(options.home, info.tracking_uri, run_id, env, echo=echo,
                                       port=deploy_port)
         return DemoResult(0 if complete else 1, info.tracking_uri, run_id, exp_id, ui_url, models, notes, deployed)
     finally:

@@ -17,7 +17,7 @@ def client_environment(home: Path) -> str:
     boto3 (the publisher) needs keys; for a loopback S3 endpoint without them, the local stack's
     defaults apply, as for every other edgeqat S3 client.
     """
-    from edgeqat.stack.s3 import ACCESS_KEY_ENV, SECRET_KEY_ENV, credentials_from_env, is_loopback_url
+    from edgeqat.stack.s3 import with_local_s3_keys
     from edgeqat.stack.stack import read_stack_env
     from edgeqat.tracking import resolve_tracking_uri
 
@@ -25,11 +25,7 @@ def client_environment(home: Path) -> str:
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL"):
         if key in stack and not os.environ.get(key):
             os.environ[key] = stack[key]
-    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    creds = credentials_from_env(allow_local_defaults=is_loopback_url(endpoint))
-    if creds is not None:
-        os.environ.setdefault(ACCESS_KEY_ENV, creds.access_key)
-        os.environ.setdefault(SECRET_KEY_ENV, creds.secret_key)
+    os.environ.update(with_local_s3_keys(os.environ))
     return resolve_tracking_uri(None)
 
 

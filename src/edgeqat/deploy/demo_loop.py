@@ -8,7 +8,6 @@ test images. Each step is the real command, as a user would type it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -33,9 +32,15 @@ class LoopResult:
     seconds_to_agent: float
 
 
-def ensure_controller(home: Path, env: Mapping[str, str], port: int = DEFAULT_DEPLOY_PORT) -> str:
-    """``edgeqat deploy serve`` as a kept server (pid file ``<home>/run/deploy.json``); its URL."""
+def ensure_controller(home: Path, env: Mapping[str, str], port: int = DEFAULT_DEPLOY_PORT, *,
+                      poll_interval_s: float = 10.0, extra_args: tuple[str, ...] = ()) -> str:
+    """``edgeqat deploy serve`` as a kept server (pid file ``<home>/run/deploy.json``); its URL.
+
+    A running one is reused; ``stop_server(StackPaths.at(home).pid("deploy"))`` (or ``edgeqat stack
+    down``) stops it.
+    """
     from edgeqat.stack.processes import PidState, ServerSpec, read_pid_file, start_server
+    from edgeqat.stack.s3 import with_local_s3_keys
     from edgeqat.stack.stack import StackPaths
 
     paths = StackPaths.at(home)
@@ -43,10 +48,10 @@ def ensure_controller(home: Path, env: Mapping[str, str], port: int = DEFAULT_DE
     if state is PidState.RUNNING and record is not None:
         return record.urls["controller"]
     url = f"http://127.0.0.1:{port}"
-    spec = ServerSpec(name="deploy", command=(sys.executable, "-m", "edgeqat", "deploy", "serve", "--home",
-                                              str(paths.home), "--port", str(port), "--poll-interval", "10"),
-                      env=dict(env), log_path=paths.log("deploy"), health_url=f"{url}/health", cwd=paths.home,
-                      urls={"controller": url})
+    command = (sys.executable, "-m", "edgeqat", "deploy", "serve", "--home", str(paths.home), "--port", str(port),
+               "--poll-interval", str(poll_interval_s), *extra_args)
+    spec = ServerSpec(name="deploy", command=command, env=with_local_s3_keys(env), log_path=paths.log("deploy"),
+                      health_url=f"{url}/health", cwd=paths.home, urls={"controller": url})
     start_server(spec, paths.pid("deploy"), timeout_s=120)
     return url
 
@@ -110,7 +115,9 @@ def close_the_loop(home: Path, tracking_uri: str, run_id: str, env: Mapping[str,
         raise EdgeqatError(f"Run {run_id} registered no INT8 model (quant=fp32 or registry.register=false): "
                            "the deploy half of the demo needs quant=qat_int8 or ptq_int8")
     name, version = tagged.rsplit("/", 1)
-    env = {**env, "PYTHONUNBUFFERED": "1"}
+    from edgeqat.stack.s3 import with_local_s3_keys
+
+    env = with_local_s3_keys({**env, "PYTHONUNBUFFERED": "1"})  # the agent reads the bucket with boto3
     controller = ensure_controller(home, env, port)
     echo(f"Deploy controller: {controller} (log {home / 'logs' / 'deploy.log'})")
     t0 = time.monotonic()
@@ -148,14 +155,3 @@ def close_the_loop(home: Path, tracking_uri: str, run_id: str, env: Mapping[str,
         echo(f"agent predict failed: {pred.stderr.strip()}")
     return LoopResult(name, version, model_url, verdict, lines, seconds)
 
-
-def agent_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """S3 keys for the agent and controller on the local stack (its loopback defaults when none are set)."""
-    from edgeqat.stack.s3 import ACCESS_KEY_ENV, SECRET_KEY_ENV, credentials_from_env, is_loopback_url
-
-    env = dict(os.environ if base is None else base)
-    creds = credentials_from_env(env, allow_local_defaults=is_loopback_url(env.get("MLFLOW_S3_ENDPOINT_URL")))
-    if creds is not None:
-        env.setdefault(ACCESS_KEY_ENV, creds.access_key)
-        env.setdefault(SECRET_KEY_ENV, creds.secret_key)
-    return env

@@ -80,6 +80,20 @@ def credentials_from_env(
     return None
 
 
+def with_local_s3_keys(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` plus S3 keys for boto3: its own, else the local stack's defaults for a loopback endpoint.
+
+    For processes edgeqat starts that talk to S3 through boto3 itself (the deploy controller, the
+    agent), which know nothing of those defaults.
+    """
+    env = dict(env)
+    creds = credentials_from_env(env, allow_local_defaults=is_loopback_url(env.get("MLFLOW_S3_ENDPOINT_URL")))
+    if creds is not None:
+        env.setdefault(ACCESS_KEY_ENV, creds.access_key)
+        env.setdefault(SECRET_KEY_ENV, creds.secret_key)
+    return env
+
+
 def resolve_endpoint_url(explicit: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
     """``explicit``, else ``$MLFLOW_S3_ENDPOINT_URL``, else ``$AWS_ENDPOINT_URL``, else AWS itself."""
     if explicit:

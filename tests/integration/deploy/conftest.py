@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -14,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
-from edgeqat.stack.processes import free_port
+from edgeqat.deploy.demo_loop import ensure_controller
+from edgeqat.stack.processes import free_port, stop_server
+from edgeqat.stack.stack import StackPaths
 from edgeqat.stack.webhook import load_webhook_secret, register_deploy_webhook
 from tests.unit.agent.helpers import agent_command  # the agent with torch, mlflow, ... unimportable
 
@@ -75,16 +75,12 @@ class Loop:
         return f"http://127.0.0.1:{self.port}"
 
     def start_controller(self, poll_interval_s: float) -> None:
-        log = open(self.home / f"controller-{len(self.procs)}.log", "w")  # noqa: SIM115 - closed with the process
-        self.procs["controller"] = subprocess.Popen(
-            [sys.executable, "-m", "edgeqat", "deploy", "serve", "--target", str(self.target_file),
-             "--home", str(self.home), "--tracking-uri", self.tracking_uri, "--port", str(self.port),
-             "--poll-interval", str(poll_interval_s)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for("the controller", lambda: requests.get(f"{self.url}/health", timeout=2).ok, 60)
+        """``edgeqat deploy serve`` as ``edgeqat demo`` starts it (pid file, health check, log under home)."""
+        ensure_controller(self.home, self.env, self.port, poll_interval_s=poll_interval_s,
+                          extra_args=("--target", str(self.target_file), "--tracking-uri", self.tracking_uri))
 
     def stop_controller(self) -> None:
-        stop_process(self.procs.pop("controller"))
+        stop_server(StackPaths.at(self.home).pid("deploy"))
 
     def start_agent(self) -> None:
         log = open(self.home / "agent.log", "w")  # noqa: SIM115
@@ -100,6 +96,7 @@ class Loop:
     def stop_all(self) -> None:
         for name in list(self.procs):
             stop_process(self.procs.pop(name))
+        self.stop_controller()
 
 
 @pytest.fixture(scope="module")
