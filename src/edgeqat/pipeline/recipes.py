@@ -67,10 +67,15 @@ class JobContext:
 
 @dataclass(frozen=True)
 class Int8Model:
-    """An INT8 ONNX file and, when the recipe has one, the torch model's logits on the test split."""
+    """An INT8 ONNX file and, when the recipe has a torch model, its logits on the test split.
+
+    ``reference_logits``: what the file's integer operators compute exactly (the converted graph,
+    ``integer_reference``); ``fake_quant_logits``: the float fake-quant model QAT trained.
+    """
 
     path: Path
     reference_logits: np.ndarray | None = None
+    fake_quant_logits: np.ndarray | None = None
 
 
 Recipe = Callable[[JobContext, Path], Int8Model | None]
@@ -107,7 +112,7 @@ def fp32_only(ctx: JobContext, fp32_onnx: Path) -> None:
 @register_recipe("qat_int8")
 def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
     """Fake-quant fine-tuning of the FP32 weights, then convert and export the INT8 graph."""
-    from edgeqat.quant import QATSchedule, convert, export_onnx, prepare_qat
+    from edgeqat.quant import QATSchedule, convert, export_onnx, integer_reference_logits, prepare_qat
 
     q = ctx.cfg.quant
     teacher = copy.deepcopy(ctx.module.backbone).eval() if q.distill_weight > 0 else None
@@ -132,7 +137,8 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
     converted = convert(prepared)
     path = export_onnx(converted, ctx.example_input(), ctx.models_dir / "int8" / "model.onnx",
                        ort_gemm_convs=ctx.ort_gemm_convs, weights=ctx.weights)
-    return Int8Model(path, _torch_logits(prepared, ctx.datamodule.split_arrays("test")[0]))
+    images = ctx.datamodule.split_arrays("test")[0]
+    return Int8Model(path, integer_reference_logits(converted, images), _torch_logits(prepared, images))
 
 
 @register_recipe("ptq_int8")

@@ -88,7 +88,8 @@ def verify(ctx: JobContext, fp32_onnx: Path, int8: Int8Model | None) -> dict[str
         report_path = report.save_json(int8.path.parent / "report.json")
         rec.log_artifact(report_path, "int8", copy=False)
         assert_integer_kernels(report)  # never call a float model INT8
-        result = evaluate_onnx(int8.path, images, labels, reference_logits=int8.reference_logits)
+        result = evaluate_onnx(int8.path, images, labels, reference_logits=int8.reference_logits,
+                               fake_quant_logits=int8.fake_quant_logits)
         m.update({
             "test/acc_int8": result.accuracy,
             "int8/acc_drop": ctx.metrics.get("test/acc_fp32", fp32_result.accuracy) - result.accuracy,
@@ -107,6 +108,11 @@ def verify(ctx: JobContext, fp32_onnx: Path, int8: Int8Model | None) -> dict[str
             m["int8/mean_step_drift"] = result.mean_step_drift
             m["int8/within_step_fraction"] = result.within_step_fraction
             m.update(explain_drift(rec, int8.path, images, result))
+        if result.fake_quant is not None:
+            m["int8/fake_quant_agreement"] = result.fake_quant.top1_agreement
+            if result.fake_quant.max_step_drift is not None:
+                m["int8/fake_quant_max_step_drift"] = result.fake_quant.max_step_drift
+                m["int8/fake_quant_within_step_fraction"] = result.fake_quant.within_step_fraction
         m["int8/dense_weight_max"] = float(max(dense_weight_extremes(onnx.load(str(int8.path))).values(), default=0))
         m.update(_speedups(m, "int8"))
         rec.log_artifact(int8.path, "int8", copy=False)

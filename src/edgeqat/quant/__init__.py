@@ -1,7 +1,8 @@
 """QAT to a verified INT8 ONNX model, as explicit steps (see ``QuantStep``).
 
 PREPARE ``prepare_qat`` -> TRAIN (Lightning + ``QATSchedule``) -> CONVERT ``convert`` ->
-EXPORT ``export_onnx`` -> VERIFY ``inspect_ort_graph`` / ``evaluate_onnx``; ``ptq_onnx`` is the ORT
+EXPORT ``export_onnx`` -> VERIFY ``inspect_ort_graph`` / ``evaluate_onnx`` against
+``integer_reference_logits`` (what the file's integer operators compute exactly); ``ptq_onnx`` is the ORT
 post-training baseline.
 
 ``prepare_qat`` returns a ``QATModel`` (an ``nn.Module`` holding the fake-quant GraphModule as
@@ -24,6 +25,8 @@ _EXPORTS = {
     "DriftSource": "drift",
     "EdgeQuantizer": "quantizer",
     "FloatNode": "report",
+    "IntegerReference": "integer_reference",
+    "LogitDrift": "verify",
     "GraphReport": "report",
     "Isa": "isa",
     "QATModel": "qat_model",
@@ -34,6 +37,7 @@ _EXPORTS = {
     "WeightFormat": "weight_format",
     "WeightRange": "weight_format",
     "assert_integer_kernels": "report",
+    "compare_logits": "verify",
     "convert": "convert",
     "detect_cpu": "isa",
     "emulate_u8s8_conv": "isa",
@@ -43,6 +47,7 @@ _EXPORTS = {
     "freeze_bn_stats": "qat_model",
     "freeze_observers": "qat_model",
     "inspect_ort_graph": "report",
+    "integer_reference_logits": "integer_reference",
     "localize_drift": "drift",
     "measure_latency_ms": "verify",
     "prepare_qat": "prepare",

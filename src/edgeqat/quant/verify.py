@@ -3,28 +3,56 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgeqat.quant.ort_session import cpu_session
 
-__all__ = ["VerifyResult", "evaluate_onnx", "file_size_mb", "measure_latency_ms", "output_step", "run_onnx"]
+__all__ = ["LogitDrift", "VerifyResult", "compare_logits", "evaluate_onnx", "file_size_mb", "measure_latency_ms",
+           "output_step", "run_onnx"]
+
+
+@dataclass(frozen=True)
+class LogitDrift:
+    """How far ORT's logits are from a reference's: argmax agreement and |ORT - reference| in steps.
+
+    Steps are the output's quantization step (the scale of the DequantizeLinear producing the
+    logits); ``within_step_fraction`` is the share of images whose logits all lie within one step.
+    The step figures are None for a float output.
+    """
+
+    top1_agreement: float
+    max_step_drift: float | None = None
+    mean_step_drift: float | None = None
+    within_step_fraction: float | None = None
+
+
+def compare_logits(logits: np.ndarray, reference: np.ndarray, step: float | None,
+                   what: str = "reference_logits") -> LogitDrift:
+    """:class:`LogitDrift` of ``logits`` against ``reference`` (same (N, K) shape; ``what`` names it in errors)."""
+    reference = np.asarray(reference)
+    if reference.shape != logits.shape:
+        raise ValueError(f"{what} shape {reference.shape} does not match the model output {logits.shape}")
+    agreement = float((reference.argmax(1) == logits.argmax(1)).mean())
+    if not step:
+        return LogitDrift(agreement)
+    drift = np.abs(logits - reference) / step
+    within = float((drift.max(1) <= 1 + 1e-3).mean())  # 1e-3: float error of the dequantized logits
+    return LogitDrift(agreement, float(drift.max()), float(drift.mean()), within)
 
 
 @dataclass
 class VerifyResult:
     """Accuracy of an ONNX model in ORT and how far it is from reference (torch) logits.
 
-    ``max_step_drift`` / ``mean_step_drift``: |ORT - reference| in output quantization steps (the
-    scale of the DequantizeLinear that produces the logits). ``within_step_fraction``: the share of
-    images whose logits all lie within one step. Where the target's kernels are exact, torch's
-    fake-quant and ORT differ only where a value is a rounding tie (k + 1/2 to within float error:
-    a few activations per million, on every CPU), and deeper nets carry such a step into several
-    output steps on the few images that hold one (``drift.localize_drift`` names them): the maximum
-    can exceed 1 while nearly every image is within one step. A saturating kernel (``isa``) moves
-    tens of steps on many images.
+    The flat drift fields compare with ``reference_logits``: for a QAT model the converted graph
+    computed in integers (``integer_reference``), so 0 steps where the target's kernels compute what
+    the ONNX operators define, and tens of steps on many images where a kernel saturates (``isa``).
+    ``fake_quant`` compares with the float fake-quant model QAT trained: it also differs where a
+    value is a rounding tie (k + 1/2 to within float error, a few activations per ten million, on
+    every CPU) and deep nets carry such a step into several output steps on the few images holding one.
     """
 
     accuracy: float
@@ -35,6 +63,7 @@ class VerifyResult:
     max_step_drift: float | None = None
     mean_step_drift: float | None = None
     within_step_fraction: float | None = None
+    fake_quant: LogitDrift | None = None
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (NaN per-class accuracy for classes absent from the labels -> None)."""
@@ -44,6 +73,7 @@ class VerifyResult:
             "max_step_drift": self.max_step_drift,
             "mean_step_drift": self.mean_step_drift,
             "within_step_fraction": self.within_step_fraction,
+            "fake_quant": None if self.fake_quant is None else asdict(self.fake_quant),
             "per_class_accuracy": [None if np.isnan(a) else a for a in self.per_class_accuracy],
             "confusion": self.confusion.tolist(),
             "n": self.n,
@@ -90,14 +120,17 @@ def evaluate_onnx(
     labels: np.ndarray,
     reference_logits: np.ndarray | None = None,
     batch_size: int = 64,
+    fake_quant_logits: np.ndarray | None = None,
 ) -> VerifyResult:
     """Accuracy (overall, per class, confusion) of the ONNX model run in ORT.
 
     Args:
         images: (N, C, H, W) float32, already normalized as in training.
         labels: (N,) integer class ids.
-        reference_logits: (N, K) logits of the torch model (fake-quant) on the same images; gives
-            ``top1_agreement``, the fraction of equal argmax, and the drift in output steps.
+        reference_logits: (N, K) logits of the torch model on the same images (for QAT: its integer
+            reference); gives ``top1_agreement``, the fraction of equal argmax, and the drift in
+            output steps.
+        fake_quant_logits: (N, K) logits of the float fake-quant model, for ``fake_quant``.
     """
     images = np.asarray(images)
     labels = np.asarray(labels).astype(np.int64).ravel()
@@ -115,28 +148,18 @@ def evaluate_onnx(
     support = confusion.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
-    agreement = max_drift = mean_drift = within = None
-    if reference_logits is not None:
-        reference_logits = np.asarray(reference_logits)
-        if reference_logits.shape != logits.shape:
-            raise ValueError(
-                f"reference_logits shape {reference_logits.shape} does not match the model output {logits.shape}"
-            )
-        agreement = float((reference_logits.argmax(1) == preds).mean())
-        step = output_step(onnx_path)
-        if step:
-            drift = np.abs(logits - reference_logits) / step
-            max_drift, mean_drift = float(drift.max()), float(drift.mean())
-            within = float((drift.max(1) <= 1 + 1e-3).mean())  # 1e-3: float error of the dequantized logits
+    step = output_step(onnx_path)
+    reference = compare_logits(logits, reference_logits, step) if reference_logits is not None else None
     return VerifyResult(
         accuracy=float((preds == labels).mean()),
-        top1_agreement=agreement,
+        top1_agreement=None if reference is None else reference.top1_agreement,
         per_class_accuracy=[float(a) for a in per_class],
         confusion=confusion,
         n=len(labels),
-        max_step_drift=max_drift,
-        mean_step_drift=mean_drift,
-        within_step_fraction=within,
+        max_step_drift=None if reference is None else reference.max_step_drift,
+        mean_step_drift=None if reference is None else reference.mean_step_drift,
+        within_step_fraction=None if reference is None else reference.within_step_fraction,
+        fake_quant=None if fake_quant_logits is None else compare_logits(logits, fake_quant_logits, step, "fake_quant_logits"),
     )
 
 

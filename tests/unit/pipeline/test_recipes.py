@@ -42,7 +42,8 @@ def test_qat_int8_metrics_come_from_the_exported_file(compose, tracking_uri: str
                 "fp32/latency_ms", "int8/latency_ms", "int8/speedup", "int8/latency_ms_32", "fp32/size_mb", "int8/size_mb"):
         assert key in m, key
     assert m["int8/acc_drop"] == pytest.approx(m["test/acc_fp32"] - m["test/acc_int8"])
-    assert m["int8/top1_agreement"] >= 0.97  # fake-quant torch vs ORT INT8 on the test split
+    assert m["int8/top1_agreement"] >= 0.97  # ORT INT8 vs the converted graph's integer reference, test split
+    assert m["int8/fake_quant_agreement"] >= 0.97  # ... and vs the float fake-quant model QAT trained
     assert m["int8/qlinearconv"] > 0 and m["int8/size_ratio"] < 0.4
     # quant.ort_gemm_convs: test_resnet's two deep layer4 convs run on ORT's GEMM kernel, as report.json says;
     # not on a CPU whose kernels saturate, where both have a 7-bit weight at -64 that the shift would push out.
@@ -60,6 +61,7 @@ def test_qat_int8_metrics_come_from_the_exported_file(compose, tracking_uri: str
     verification = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/verification.json")
     assert verification["isa"] == cpu.isa.value and verification["exact_on_target"] is True
     assert verification["max_step_drift"] == pytest.approx(m["int8/max_step_drift"])
+    assert verification["fake_quant"]["max_step_drift"] == pytest.approx(m["int8/fake_quant_max_step_drift"])
     # FP32 trained with AdamW (optim=adamw); QAT fine-tuned with quant.qat_optimizer at quant.qat_lr
     assert "lr-AdamW" in m and m["lr-SGD"] == pytest.approx(cfg.quant.qat_lr)
     assert {"int8/model.onnx", "int8/report.json", "int8/verification.json", "int8/per_class_damage.json",
@@ -98,7 +100,7 @@ def test_ptq_int8_recipe(compose, tracking_uri: str) -> None:
     result = train(compose(*TINY_QAT, "quant=ptq_int8"))
     m = _run(tracking_uri, result.run_id).data.metrics
     assert "test/acc_qat" not in m and "test/acc_int8" in m and m["int8/qlinearconv"] > 0
-    assert "int8/top1_agreement" not in m  # no torch fake-quant model to agree with
+    assert "int8/top1_agreement" not in m and "int8/fake_quant_agreement" not in m  # no torch model to agree with
 
 
 def test_fp32_recipe_exports_only_fp32(compose, tracking_uri: str) -> None:
