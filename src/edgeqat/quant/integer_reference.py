@@ -70,8 +70,10 @@ def _group(quantize: Node) -> _IntegerGroup | None:
 class IntegerReference(Interpreter):
     """Runs a converted graph (``quant.convert``) with integer-exact conv/linear requantization.
 
-    ``groups`` counts the groups computed in integers; a graph with none is refused, since it would
-    silently be the float reference again.
+    ``groups`` counts the groups computed in integers. A converted graph with none (every conv and
+    linear in ``float_modules``) is its own reference: all its quantized ops are float-defined. A graph
+    with no quantize op at all is refused, since it is not a converted graph and would silently be the
+    float reference again.
     """
 
     def __init__(self, converted: GraphModule) -> None:
@@ -79,8 +81,8 @@ class IntegerReference(Interpreter):
         self._groups = {node: g for node in converted.graph.nodes if (g := _group(node)) is not None}
         # the float conv/linear (and activation) a group replaces: never computed
         self._replaced = {n for g in self._groups.values() for n in (g.op, g.act) if n is not None}
-        if not self._groups:
-            raise ValueError("no dequantize -> conv/linear -> quantize group in the graph: is it quant.convert's output?")
+        if not any(node.target in _QUANTIZE for node in converted.graph.nodes):
+            raise ValueError("no quantize op in the graph: is it quant.convert's output?")
 
     @property
     def groups(self) -> int:

@@ -81,7 +81,32 @@ def test_a_kernel_one_integer_off_is_seen(artifacts, tmp_path) -> None:
     assert (after > 0).sum() > (before > 0).sum() + 10
 
 
-def test_a_graph_without_integer_groups_is_refused() -> None:
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.conv(x)).flatten(1)
+
+
+def test_a_converted_graph_with_every_conv_float_is_its_own_reference() -> None:
+    """``float_modules`` covering every conv leaves only float-defined ops: nothing to recompute."""
+    torch.manual_seed(0)
+    images = torch.randn(8, 3, 8, 8)
+    prepared = prepare_qat(_Residual().eval(), images[:2], float_modules=["conv"])
+    with torch.no_grad():
+        prepared.train()
+        prepared(images)
+        prepared.eval()
+    converted = convert(prepared)
+    assert IntegerReference(converted).groups == 0
+    with torch.no_grad():
+        expected = converted(images).numpy()
+    np.testing.assert_array_equal(integer_reference_logits(converted, images.numpy()), expected)
+
+
+def test_a_graph_that_is_not_converted_is_refused() -> None:
     graph = torch.fx.symbolic_trace(nn.Sequential(nn.Conv2d(3, 4, 3)))
     with pytest.raises(ValueError, match="quant.convert"):
         IntegerReference(graph)
