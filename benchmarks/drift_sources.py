@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import machine_facts
-from qat_accuracy import DEPTHWISE_RECIPE, FP32_RECIPE, MODELS, run_model
+from qat_accuracy import MODELS, run_model
 
 KEYS = ["test/acc_int8", "int8/max_step_drift", "int8/within_step_fraction", "int8/top1_agreement"]
 
@@ -71,7 +71,7 @@ def main() -> None:
                 run = run_model(model, args.seed, [init, f"quant.weight_range={weight_range}", *extra], store,
                                 tag=f"-{weight_range}")
                 row = {"model": model, "weight_range": weight_range,
-                       "fp32_recipe": FP32_RECIPE.get(model, DEPTHWISE_RECIPE), "seed": args.seed}
+                       "fp32_recipe": f"conf/model/{model}.yaml", "seed": args.seed}
                 if "error" in run:
                     rows.append({**row, "error": run["error"]})
                     continue

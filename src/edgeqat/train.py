@@ -78,7 +78,14 @@ def load_fp32_weights(module: ClassifierModule, source: str) -> None:
         path = mlflow.artifacts.download_artifacts(source)
     if not Path(path).is_file():
         raise EdgeqatError(f"quant.init_checkpoint={source!r} is not a file: pass a .ckpt path or a runs:/ URI")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch.load raises whatever pickle/zipfile/EOF raise on a damaged file
+        raise EdgeqatError(f"quant.init_checkpoint={source!r} is not a readable checkpoint ({type(e).__name__}: "
+                           f"truncated or not a .ckpt): pass the best.ckpt a run saved") from e
+    if not isinstance(state, dict):
+        raise EdgeqatError(f"quant.init_checkpoint={source!r} holds a {type(state).__name__}, not a checkpoint: "
+                           "pass the best.ckpt a run saved")
     try:
         module.load_state_dict(state.get("state_dict", state))
     except RuntimeError as e:

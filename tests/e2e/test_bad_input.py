@@ -8,6 +8,7 @@ so none of them can leave a run RUNNING on a server.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,8 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.servers import MlflowServer, MlflowServerFactory
+
 pytestmark = pytest.mark.e2e
 DEAD = "http://127.0.0.1:9"  # discard port: nothing listens
+# A client with the wrong password for a real basic-auth MLflow server ({auth}) or the wrong keys for the
+# session's real SeaweedFS ({s3}); the servers start only when a case needs them.
+WRONG_LOGIN = {"MLFLOW_TRACKING_URI": "{auth}", "MLFLOW_TRACKING_USERNAME": "admin",
+               "MLFLOW_TRACKING_PASSWORD": "wrong-password-000"}
+WRONG_KEYS = {"AWS_ACCESS_KEY_ID": "someone-else", "AWS_SECRET_ACCESS_KEY": "wrong-secret-000"}
 
 CASES = {
     # train: numbers, types, names, files
@@ -33,6 +41,11 @@ CASES = {
     "missing dataset root": (["train", "data=imagefolder", "data.root={tmp}/nowhere"], "does not exist"),
     "empty class folders": (["train", "data=imagefolder", "data.root={tmp}/empty"], "class folder"),
     "missing checkpoint": (["train", "data=digits", "quant.init_checkpoint={tmp}/no.ckpt"], "is not a file"),
+    "truncated checkpoint": (["train", "data=digits", "quant.init_checkpoint={tmp}/truncated.ckpt"],
+                             "is not a readable checkpoint"),
+    "non-image file in a class folder": (["train", "data=imagefolder", "data.root={tmp}/tree_bad"],
+                                         "Unreadable image(s)"),
+    "class folder without images": (["train", "data=imagefolder", "data.root={tmp}/tree_no_images"], "holds no image"),
     # the other entry points
     "stack port out of range": (["stack", "up", "--mlflow-port", "70000", "--home", "{tmp}/h"], "out of range"),
     "sync of a non-spool": (["sync", "{tmp}"], "is not an edgeqat spool"),
@@ -47,6 +60,13 @@ CASES = {
     "bad deploy target value": (["deploy", "reconcile", "--target", "{tmp}/bad.yaml"], "gate.threads"),
     "agent without its key": (["agent", "--once", "--home", "{tmp}/a", "--public-key", "{tmp}/no.pub"], "not found"),
     "predict without a model": (["agent", "predict", "{tmp}/x.png", "--home", "{tmp}/a"], "no active model"),
+    "train with a wrong password": (["train", "data=digits"], "refuses these credentials", WRONG_LOGIN),
+    "promote with a wrong password": (["promote", "m", "1", "--alias", "production"], "refuses these credentials",
+                                      WRONG_LOGIN),
+    "publish with wrong S3 keys": (["data", "publish", "digits", "s3://edgeqat-data/x", "--endpoint-url", "{s3}"],
+                                   "rejects", WRONG_KEYS),
+    "predict with a truncated model": (["agent", "predict", "{tmp}/x.png", "--home", "{tmp}/truncated_agent"],
+                                       "no longer matches its sha256"),
 }
 
 
@@ -56,18 +76,83 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tmp / "empty").mkdir()
     (tmp / "bad.yaml").write_text("gate: {threads: 0}\n")
     (tmp / "x.png").write_bytes(b"not a png")
+    (tmp / "truncated.ckpt").write_bytes(b"PK\x03\x04" + bytes(200))  # the start of a zip, cut off
+    for tree, files in {"tree_bad": {"a/0.png": _png(), "b/0.png": b"<html>not an image</html>"},
+                        "tree_no_images": {"a/0.png": _png(), "b/notes.txt": b"no images here"}}.items():
+        for name, data in files.items():
+            (tmp / tree / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / tree / name).write_bytes(data)
+    _truncated_active_model(tmp / "truncated_agent")
     return tmp
 
 
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _truncated_active_model(home: Path) -> None:
+    """An agent home whose activated model file lost its second half on disk after it was verified."""
+    import hashlib
+
+    from edgeqat.agent.manifest import Preprocessing
+    from edgeqat.agent.predictor import ACTIVE_FILE, ActiveModel
+    from tests.unit.agent.helpers import tiny_classifier
+
+    model = tiny_classifier(seed=0)
+    path = home / "models" / "model.onnx"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(model[: len(model) // 2])
+    active = ActiveModel("m", "1", hashlib.sha256(model).hexdigest(), path,
+                         Preprocessing(1, 8, (0.5,), (0.25,), ("a", "b", "c")), "local", "2026-12-04T00:00:00+00:00", {})
+    (home / ACTIVE_FILE).write_text(json.dumps(active.to_dict()))
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_is_one_line_and_exit_2(case: str, workdir: Path) -> None:
-    argv, named = CASES[case]
+def test_bad_input_is_one_line_and_exit_2(case: str, workdir: Path, request: pytest.FixtureRequest,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    argv, named, *rest = CASES[case]
+    case_env = rest[0] if rest else {}
+    servers = _servers(request, " ".join([*argv, *case_env.values()]))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
-    out = subprocess.run([sys.executable, "-m", "edgeqat", *(a.format(tmp=workdir) for a in argv)], env=env,
-                         cwd=workdir, capture_output=True, text=True, timeout=300)
+    env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    env.update({key: value.format(**servers) for key, value in case_env.items()})
+    out = subprocess.run([sys.executable, "-m", "edgeqat", *(a.format(tmp=workdir, **servers) for a in argv)],
+                         env=env, cwd=workdir, capture_output=True, text=True, timeout=300)
     lines = [line for line in out.stderr.splitlines() if line.strip() and "Warning" not in line
              and not line.startswith(("W1", "  warnings.warn"))]
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     assert len(lines) == 1 and named in lines[0], out.stderr[-2000:]
+    assert not any(secret in out.stderr + out.stdout for secret in ("wrong-password-000", "wrong-secret-000"))
+    if "auth" in servers:  # the refused job left nothing on the server, RUNNING or otherwise
+        server = request.getfixturevalue("auth_server")
+        for key, value in server.env().items():  # read as the admin
+            monkeypatch.setenv(key, value)
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(server.url)
+        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+@pytest.fixture(scope="module")
+def auth_server(mlflow_server_module: MlflowServerFactory) -> MlflowServer:
+    """A real MLflow server with basic auth (no S3: the refusal comes before any artifact)."""
+    return mlflow_server_module(auth=True)
+
+
+def _servers(request: pytest.FixtureRequest, text: str) -> dict[str, str]:
+    """URLs of the real servers a case names (``{auth}``, ``{s3}``), each started on first use."""
+    servers = {}
+    if "{auth}" in text:
+        servers["auth"] = request.getfixturevalue("auth_server").url
+    if "{s3}" in text:
+        servers["s3"] = request.getfixturevalue("seaweedfs").endpoint_url
+    return servers
+

@@ -87,3 +87,22 @@ def test_experiment_preset_overrides_groups() -> None:
 def test_numbers_out_of_range_are_refused_at_compose_time(override: str, named: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(named)):
         compose_config([override])
+
+
+@pytest.mark.parametrize("model, optimizer, epochs", [
+    ("resnet18", "torch.optim.AdamW", 4),
+    ("mobilenetv3_small_100", "torch.optim.SGD", 20),
+    ("efficientnet_lite0", "torch.optim.SGD", 20),
+    ("shufflenet_v2_x0_5", "torch.optim.SGD", 20),
+])
+def test_model_config_carries_its_family_recipe(model: str, optimizer: str, epochs: int) -> None:
+    cfg = compose_config([f"model={model}"])
+    assert (cfg.optim.optimizer._target_, cfg.trainer.max_epochs, cfg.optim.scheduler.T_max) == (optimizer, epochs, epochs)
+
+
+def test_overrides_still_beat_the_model_recipe() -> None:
+    cfg = compose_config(["model=efficientnet_lite0", "optim=adamw", "trainer.max_epochs=3"])
+    assert (cfg.optim.optimizer._target_, cfg.trainer.max_epochs) == ("torch.optim.AdamW", 3)
+    # model.name alone names a network, not a recipe: another family's options never follow it
+    assert compose_config(["model.name=efficientnet_lite0"]).optim.optimizer._target_ == "torch.optim.AdamW"
+    assert compose_config(["experiment=smoke"]).trainer.max_epochs == 1, "a preset still wins over its model"

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from edgeqat.agent.manifest import HEARTBEAT_PREFIX, MANIFEST_KEY, ManifestError, ReleasePayload, SignatureError, \
     parse_manifest
 from edgeqat.agent.predictor import ACTIVE_FILE, ActiveModel, NoActiveModel, Predictor, SmokeTestError, \
-    read_active, smoke_test
+    read_active, sha256_file, smoke_test
 from edgeqat.agent.store import NotFound, Store, StoreError, write_atomic
 from edgeqat.errors import EdgeqatError
 
@@ -62,14 +62,6 @@ class PollResult:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Agent:
@@ -143,7 +135,7 @@ class Agent:
     def _install(self, digest: str, payload: ReleasePayload) -> PollResult:
         release = self.releases / payload.release_dir
         model = release / "model.onnx"
-        reused = model.is_file() and _sha256_file(model) == payload.sha256
+        reused = model.is_file() and sha256_file(model) == payload.sha256
         if not reused:
             try:
                 self.store.download(payload.model_key, model)
@@ -151,7 +143,7 @@ class Agent:
                 return PollResult("refused", payload.version, f"model {payload.model_key} is missing from the store")
             except StoreError as e:
                 return PollResult("unreachable", self._active_version, str(e))
-            actual = _sha256_file(model)
+            actual = sha256_file(model)
             if actual != payload.sha256:
                 shutil.rmtree(release, ignore_errors=True)
                 return self._refuse(digest, payload.version,

@@ -7,6 +7,7 @@ so predictions keep working from local files while the store is down.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,15 @@ def read_active(home: Path) -> ActiveModel | None:
         return None
     except (OSError, ValueError, KeyError, TypeError, ManifestError) as e:
         raise NoActiveModel(f"{path} is unreadable ({e}): delete it and run the agent again") from None
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _session(path: Path) -> Any:
@@ -146,8 +156,17 @@ class Predictor:
                                 "--target NAME) until it activates a release")
         if not active.model_path.is_file():
             raise NoActiveModel(f"the active model file {active.model_path} is missing: run the agent again")
+        # The file was verified when it was activated; a device's storage can still damage it later, and
+        # serving changed bytes would be serving a model nobody gated.
+        if sha256_file(active.model_path) != active.sha256:
+            raise NoActiveModel(f"the active model file {active.model_path} no longer matches its sha256 "
+                                "(damaged on disk): delete it and run the agent again to fetch the release")
         self.active = active
-        self.session = _session(active.model_path)
+        try:
+            self.session = _session(active.model_path)
+        except Exception as e:  # ORT raises its own (pybind) exception types
+            raise NoActiveModel(f"ONNX Runtime cannot load the active model {active.model_path} "
+                                f"({_first_line(e)}): run the agent again") from None
 
     def predict(self, paths: list[str | Path], top_k: int = 1) -> list[Prediction]:
         """The ``top_k`` classes (softmax probability) per image, images in the order given.

@@ -167,6 +167,9 @@ def imagefolder(root: str | None = None, channels: int = 3) -> ImageSet:
     paths, labels = [], []
     for label, cls in enumerate(class_names):
         files = sorted(p for p in (base / cls).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:  # a class with no example would train a head that can never be right, silently
+            raise DataSourceError(f"Class folder {str(base / cls)!r} holds no image ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
+                                  "add images or remove the folder")
         paths += files
         labels += [label] * len(files)
     _check_readable(paths)

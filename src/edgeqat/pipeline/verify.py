@@ -92,6 +92,7 @@ def verify(ctx: JobContext, fp32_onnx: Path, int8: Int8Model | None) -> dict[str
                                fake_quant_logits=int8.fake_quant_logits)
         m.update({
             "test/acc_int8": result.accuracy,
+            # against the FP32 model QAT started from (not one trained for as many epochs as FP32 + QAT)
             "int8/acc_drop": ctx.metrics.get("test/acc_fp32", fp32_result.accuracy) - result.accuracy,
             "int8/size_mb": file_size_mb(int8.path),
             "int8/qlinearconv": float(report.count("QLinearConv")),

@@ -35,23 +35,32 @@ def promote(client: Any, name: str, version: str | int, *, alias: str | None = N
     """Point ``alias`` at ``version`` or move it to ``stage``; returns the version. Exactly one of the two."""
     from mlflow.exceptions import MlflowException
 
+    from edgeqat.tracking.run import credentials_error
+
     canonical = check_promotion(alias, stage)
     try:
         mv = client.get_model_version(name, str(version))
     except Exception as e:
         from edgeqat.tracking.spool import is_transient
 
+        if (refused := credentials_error(client.tracking_uri, e, "read and promote versions")) is not None:
+            raise refused from None
         if is_transient(e) or not isinstance(e, MlflowException):
             raise PromoteError(f"Cannot reach the tracking server at {client.tracking_uri}: start it (edgeqat "
                                "stack up) or pass --tracking-uri") from e
         raise PromoteError(f"No version {version} of registered model {name!r} at {client.tracking_uri} "
                            f"({e.error_code}): check the name and version in the MLflow UI's Models page") from e
-    if alias is not None:
-        client.set_registered_model_alias(name, alias, mv.version)
-        return client.get_model_version(name, mv.version)
-    with warnings.catch_warnings():  # stages are deprecated in MLflow 3; people still use them
-        warnings.simplefilter("ignore", FutureWarning)
-        return client.transition_model_version_stage(name, mv.version, canonical)
+    try:
+        if alias is not None:
+            client.set_registered_model_alias(name, alias, mv.version)
+            return client.get_model_version(name, mv.version)
+        with warnings.catch_warnings():  # stages are deprecated in MLflow 3; people still use them
+            warnings.simplefilter("ignore", FutureWarning)
+            return client.transition_model_version_stage(name, mv.version, canonical)
+    except Exception as e:  # a user who may read the model but not change it
+        if (refused := credentials_error(client.tracking_uri, e, f"manage {name!r}")) is not None:
+            raise refused from None
+        raise
 
 
 def resolve_version(client: Any, name: str, *, alias: str | None = None, stage: str | None = None) -> Any | None:

@@ -108,6 +108,23 @@ def resolve_experiment(client: Any, configured: str | None) -> str:
     return exp.experiment_id if exp else client.create_experiment(name)
 
 
+# MLflow's error codes for HTTP 401 and 403 (``mlflow.protos.databricks_pb2``), e.g. a basic-auth server.
+_REFUSED = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
+def credentials_error(uri: str, exc: BaseException, action: str) -> TrackingError | None:
+    """One line for a server that refuses the client's credentials (HTTP 401/403); None for any other error.
+
+    ``action`` says what the user must be allowed to do ("create runs", "promote versions").
+    """
+    code = getattr(exc, "error_code", None)
+    if code not in _REFUSED:
+        return None
+    return TrackingError(f"MLflow server {uri} refuses these credentials ({code}): set MLFLOW_TRACKING_USERNAME "
+                         f"and MLFLOW_TRACKING_PASSWORD to a user allowed to {action} (edgeqat stack up --auth "
+                         "says where the admin's password is)")
+
+
 def _open_run(client: Any, experiment_name: str | None, run_name: str | None, tags: Mapping[str, str]) -> str:
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
@@ -160,7 +177,13 @@ def tracked_run(tracking_uri: str | None, experiment_name: str | None, output_di
     configure_http_retries()
     client = MlflowClient(uri)
     run_name = scrub_secrets(run_name) if run_name else run_name
-    run_id = _open_run(client, experiment_name, run_name, scrub_secrets(dict(tags or {})))
+    try:
+        run_id = _open_run(client, experiment_name, run_name, scrub_secrets(dict(tags or {})))
+    except Exception as e:
+        refused = credentials_error(uri, e, "create runs")
+        if refused is not None:
+            raise refused from None
+        raise
     os.environ[RUN_ID_ENV] = run_id  # inherited by DDP worker processes
     run_dir = Path(output_dir) / run_id
     recorder = RunRecorder(client, run_id, staging_dir=run_dir / "staged", spool_dir=Path(output_dir) / "spool",

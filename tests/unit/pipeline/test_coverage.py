@@ -1,0 +1,59 @@
+"""A fast subset of the model-coverage table: timm families through the whole INT8 path, failures named.
+
+The full table (every family in ``FAMILIES``) is ``benchmarks/model_coverage.py``; these eight were
+picked for speed and for spread: plain and grouped residual nets, inverted residuals with SE and
+hard-swish, ghost modules, universal inverted bottlenecks, and torchvision's channel shuffle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from edgeqat.pipeline.coverage import FAMILIES, Stage, check_model
+
+FAST = ["resnet", "regnetx", "mobilenetv2", "mobilenetv3", "mobilenetv4", "lcnet", "ghostnet", "shufflenet"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAST)
+def test_family_takes_the_whole_int8_path(family: str, tmp_path: Path) -> None:
+    result = check_model(FAMILIES[family], family, workdir=tmp_path)
+    assert result.passed, result.reason
+    assert result.stage is Stage.DONE and result.reason is None
+    assert result.qlinearconv > 0 and result.float_conv == 0, "every convolution runs as an integer kernel"
+    assert result.top1_agreement is not None and result.top1_agreement >= 0.95
+    assert (tmp_path / result.model / "int8.onnx").is_file()
+
+
+def test_unknown_model_stops_at_build_with_its_suggestion(tmp_path: Path) -> None:
+    result = check_model("resnet181", workdir=tmp_path)
+    assert not result.passed and result.stage is Stage.BUILD
+    assert "Did you mean" in result.reason and "resnet18" in result.reason
+
+
+class _DataDependent(nn.Module):
+    """Python control flow on a tensor's value: torch.export cannot capture it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if x.sum() > 0:
+            x = x.relu()
+        return self.fc(x.mean((2, 3)))
+
+
+def test_untraceable_model_is_a_named_failure_with_its_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("edgeqat.models.create_backbone", lambda name, **kw: _DataDependent())
+    result = check_model("data_dependent", workdir=tmp_path)
+    assert not result.passed and result.stage is Stage.PREPARE
+    assert "torch.export cannot trace" in result.reason and "keep this model FP32" in result.reason
+    assert "\n" not in result.reason
+    assert not list(tmp_path.rglob("*.onnx")), "nothing is exported for a model that failed"
