@@ -64,7 +64,7 @@ CASES = {
     "promote with a wrong password": (["promote", "m", "1", "--alias", "production"], "refuses these credentials",
                                       WRONG_LOGIN),
     "publish with wrong S3 keys": (["data", "publish", "digits", "s3://edgeqat-data/x", "--endpoint-url", "{s3}"],
-                                   "rejects", WRONG_KEYS),
+                                   "S3 credentials were rejected", WRONG_KEYS),
     "predict with a truncated model": (["agent", "predict", "{tmp}/x.png", "--home", "{tmp}/truncated_agent"],
                                        "no longer matches its sha256"),
 }
