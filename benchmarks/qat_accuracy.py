@@ -38,7 +38,8 @@ MODELS = ["resnet18", "mobilenetv3_small_100", "efficientnet_lite0", "shufflenet
 # Each family's FP32 recipe is its model config's (conf/model/<m>.yaml: resnet18 AdamW 4 epochs, the
 # depthwise nets SGD + Nesterov 20 epochs), so `edgeqat train model=<m>` alone trains what this measures.
 KEYS = ["test/acc_fp32", "test/acc_qat", "test/acc_int8", "test/acc_ptq", "int8/acc_drop", "int8/top1_agreement",
-        "int8/max_step_drift", "int8/within_step_fraction", "int8/size_ratio", "int8/qlinearconv", "int8/float_conv", "int8/speedup_224",
+        "int8/max_step_drift", "int8/within_step_fraction", "int8/fake_quant_max_step_drift", "int8/fake_quant_agreement",
+        "int8/size_ratio", "int8/qlinearconv", "int8/float_conv", "int8/speedup_224",
         "ptq/speedup_224"]
 SIZE_TARGET = {"resnet18": 0.27}
 
