@@ -26,9 +26,9 @@ RESULTS = Path(__file__).parent / "results"
 
 def check_in_subprocess(family: str, model: str, image_size: int, timeout_s: float) -> dict:
     """``check_model`` in a fresh interpreter; a crash or a timeout becomes a failed row naming it."""
-    code = ("import json, sys, tempfile; from edgeqat.pipeline.coverage import check_model\n"
+    code = ("import json, tempfile; from edgeqat.pipeline.coverage import CoverageSettings, check_model\n"
             "with tempfile.TemporaryDirectory() as d:\n"
-            f"    r = check_model({model!r}, {family!r}, workdir=d, image_size={image_size})\n"
+            f"    r = check_model({model!r}, {family!r}, workdir=d, settings=CoverageSettings(image_size={image_size}))\n"
             "print('RESULT ' + json.dumps(r.to_dict()))")
     try:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s)

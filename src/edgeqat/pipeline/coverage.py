@@ -26,7 +26,7 @@ import numpy as np
 
 from edgeqat.errors import EdgeqatError
 
-__all__ = ["FAMILIES", "CoverageResult", "Stage", "check_model"]
+__all__ = ["FAMILIES", "CoverageResult", "CoverageSettings", "Stage", "check_model"]
 
 # The smallest (or the one small) variant of each CNN family in timm, plus torchvision's ShuffleNetV2.
 FAMILIES: dict[str, str] = {
@@ -114,37 +114,38 @@ class CoverageResult:
         return {**asdict(self), "stage": self.stage.value, "conv_integer_fraction": self.conv_integer_fraction}
 
 
-def check_model(
-    name: str,
-    family: str | None = None,
-    *,
-    workdir: str | Path,
-    image_size: int = 32,
-    num_classes: int = 10,
-    batch_size: int = 16,
-    fp32_steps: int = 4,
-    qat_steps: int = 4,
-    eval_images: int = 64,
-    min_agreement: float = 0.95,
-    weight_range: str = "auto",
-    seed: int = 0,
-) -> CoverageResult:
-    """Take ``name`` through the INT8 path and report where it got to; never raises for the model's sake.
+@dataclass(frozen=True)
+class CoverageSettings:
+    """How hard each model is exercised; the defaults keep one small model to seconds on 2 cores.
 
     ``min_agreement``: the share of random inputs on which ORT's top-1 must equal the integer
-    reference's (the converted graph with conv/linear computed as integers): below it the file does
+    reference's (the converted graph with conv/linear computed as integers); below it the file does
     not compute what the converted model defines. ``weight_range`` as ``quant.weight_range`` (auto:
     exact on this CPU).
     """
+
+    image_size: int = 32
+    num_classes: int = 10
+    batch_size: int = 16
+    fp32_steps: int = 4
+    qat_steps: int = 4
+    eval_images: int = 64
+    min_agreement: float = 0.95
+    weight_range: str = "auto"
+    seed: int = 0
+
+
+def check_model(name: str, family: str | None = None, *, workdir: str | Path,
+                settings: CoverageSettings = CoverageSettings()) -> CoverageResult:
+    """Take ``name`` through the INT8 path and report where it got to; never raises for the model's sake."""
     import torch
 
     result = CoverageResult(family=family or name, model=name)
     start = time.perf_counter()
-    torch.manual_seed(seed)
+    torch.manual_seed(settings.seed)
     stage = Stage.BUILD
     try:
-        for stage, step in _steps(result, Path(workdir), image_size, num_classes, batch_size, fp32_steps,
-                                  qat_steps, eval_images, min_agreement, weight_range, seed):
+        for stage, step in _steps(result, Path(workdir), settings):
             t0 = time.perf_counter()
             step()
             result.timings[stage.value] = round(time.perf_counter() - t0, 2)
@@ -155,9 +156,7 @@ def check_model(
     return result
 
 
-def _steps(result: CoverageResult, workdir: Path, image_size: int, num_classes: int, batch_size: int,
-           fp32_steps: int, qat_steps: int, eval_images: int, min_agreement: float, weight_range: str,
-           seed: int):
+def _steps(result: CoverageResult, workdir: Path, cfg: CoverageSettings):
     """Yield (stage, thunk) pairs sharing state through ``s``: one place that lists the path."""
     from edgeqat.models import create_backbone
     from edgeqat.quant import (
@@ -176,23 +175,24 @@ def _steps(result: CoverageResult, workdir: Path, image_size: int, num_classes: 
     from edgeqat.quant.verify import output_step
 
     s: dict = {}
-    weights = resolve_weight_format(weight_range)
+    weights = resolve_weight_format(cfg.weight_range)
     result.weight_range = weights.range.value
-    images, labels = _synthetic_task(num_classes, image_size, batch_size * max(fp32_steps, qat_steps, 1), seed)
+    images, labels = _synthetic_task(cfg.num_classes, cfg.image_size, cfg.batch_size * max(cfg.fp32_steps, cfg.qat_steps, 1),
+                                     cfg.seed)
     example = images[:2]
 
     def build() -> None:
-        s["model"] = create_backbone(result.model, num_classes=num_classes, in_chans=3)
+        s["model"] = create_backbone(result.model, num_classes=cfg.num_classes, in_chans=3)
         result.params_m = round(sum(p.numel() for p in s["model"].parameters()) / 1e6, 3)
 
     def fp32() -> None:
-        _train(s["model"], images, labels, batch_size, fp32_steps, lr=0.02)
+        _train(s["model"], images, labels, cfg.batch_size, cfg.fp32_steps, lr=0.02)
 
     def prepare() -> None:
         s["prepared"] = prepare_qat(s["model"].eval(), example, dense_weight_qmax=weights.dense_qmax)
 
     def qat() -> None:
-        _train(s["prepared"], images, labels, batch_size, qat_steps, lr=1e-3)
+        _train(s["prepared"], images, labels, cfg.batch_size, cfg.qat_steps, lr=1e-3)
         freeze_observers(s["prepared"])
         freeze_bn_stats(s["prepared"])
 
@@ -213,14 +213,14 @@ def _steps(result: CoverageResult, workdir: Path, image_size: int, num_classes: 
         assert_integer_kernels(s["report"], f"{result.model}'s INT8 file")
 
     def agreement() -> None:
-        rng = np.random.default_rng(seed + 1)
-        probe = rng.standard_normal((eval_images, 3, image_size, image_size)).astype(np.float32)
+        rng = np.random.default_rng(cfg.seed + 1)
+        probe = rng.standard_normal((cfg.eval_images, 3, cfg.image_size, cfg.image_size)).astype(np.float32)
         drift = compare_logits(run_onnx(s["path"], probe), integer_reference_logits(s["converted"], probe),
                                output_step(s["path"]))
         result.top1_agreement, result.max_step_drift = drift.top1_agreement, drift.max_step_drift
-        if drift.top1_agreement < min_agreement:
+        if drift.top1_agreement < cfg.min_agreement:
             raise EdgeqatError(f"ONNX Runtime agrees with the integer reference on {drift.top1_agreement:.1%} "
-                               f"of random inputs (< {min_agreement:.0%}): the file computes another model")
+                               f"of random inputs (< {cfg.min_agreement:.0%}): the file computes another model")
 
     yield from [(Stage.BUILD, build), (Stage.FP32_STEPS, fp32), (Stage.PREPARE, prepare), (Stage.QAT_STEPS, qat),
                 (Stage.CONVERT, convert_), (Stage.EXPORT, export), (Stage.ORT_GRAPH, ort_graph),
