@@ -65,14 +65,18 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     parser.add_argument("--out", default=str(RESULTS / "model_coverage.json"))
+    parser.add_argument("--update", action="store_true",
+                        help="re-check only --families and replace their rows in --out, keeping the others")
     args = parser.parse_args()
-    rows = []
+    out = Path(args.out)
+    rows = json.loads(out.read_text())["rows"] if args.update and out.exists() else []
     for family in args.families:
-        rows.append(check_in_subprocess(family, FAMILIES[family], args.image_size, args.timeout))
-        print(json.dumps(rows[-1]), flush=True)
+        row = check_in_subprocess(family, FAMILIES[family], args.image_size, args.timeout)
+        rows = [r for r in rows if r["family"] != family] + [row]
+        rows.sort(key=lambda r: list(FAMILIES).index(r["family"]) if r["family"] in FAMILIES else len(FAMILIES))
+        print(json.dumps(row), flush=True)
         # Written after every family: a long run stopped half way keeps what it measured.
-        Path(args.out).write_text(json.dumps({"machine": machine_facts(), "image_size": args.image_size,
-                                              "rows": rows}, indent=1))
+        out.write_text(json.dumps({"machine": machine_facts(), "image_size": args.image_size, "rows": rows}, indent=1))
     print(table(rows))
 
 

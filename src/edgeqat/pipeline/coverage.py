@@ -235,7 +235,10 @@ def _synthetic_task(num_classes: int, size: int, n: int, seed: int):
 
     data = synthetic(num_samples=n, num_classes=num_classes, size=size, channels=3, seed=seed)
     images = torch.from_numpy(np.asarray(data.images, dtype=np.float32)).permute(0, 3, 1, 2) / 255.0
-    return (images - 0.5) / 0.25, torch.from_numpy(data.labels)
+    # contiguous NCHW, as the datamodule feeds: the permuted (channels-last) view sends every conv down
+    # oneDNN's channels-last path, whose grouped-conv backward took minutes a step on an AVX2 CPU
+    # (mobileone_s0, Zen 3) and made its runs differ from one another
+    return ((images - 0.5) / 0.25).contiguous(), torch.from_numpy(data.labels)
 
 
 def _train(model, images, labels, batch_size: int, steps: int, lr: float) -> None:

@@ -38,7 +38,8 @@ def test_list_backbones_includes_torchvision_adapter_and_filters() -> None:
     assert "resnet18" in list_backbones()
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2_050", "efficientnet_lite0", "regnetx_002", "test_resnet"])
+@pytest.mark.parametrize("name", ["mobilenetv2_050", "efficientnet_b0", "ghostnet_100", "efficientnet_lite0",
+                                  "regnetx_002", "test_resnet"])
 def test_any_timm_model_by_name_alone_gets_no_other_models_options(name: str) -> None:
     """``model.name=<x>`` on the default model group: nothing of resnet18's follows it (was a TypeError)."""
     cfg = compose_config([f"model.name={name}", "data=digits"])

@@ -136,3 +136,23 @@ def test_init_checkpoint_that_is_not_a_file_is_a_clear_error(compose) -> None:
 
     with pytest.raises(EdgeqatError, match="quant.init_checkpoint='/nope.ckpt' is not a file"):
         build(compose("quant.init_checkpoint=/nope.ckpt"))
+
+
+@pytest.mark.slow
+def test_any_timm_model_trains_and_verifies_by_name_alone(compose, tracking_uri: str) -> None:
+    """``model.name=<x>`` on the default config, the rest only made small: a verified INT8 model.
+
+    mobilenetv2_050 is the model whose constructor got resnet18's options (a TypeError); the quant
+    path of the other families is ``test_coverage.py``'s (efficientnet_b0, ghostnet and six more), at
+    a fraction of a whole job's time.
+    """
+    name = "mobilenetv2_050"
+    cfg = compose("data=digits", "data.image_size=16", f"model.name={name}", "trainer.max_epochs=1",
+                  "trainer.enable_progress_bar=false", "quant.qat_epochs=1", "quant.benchmark_resolutions=[]",
+                  "quant.latency_iters=2", "registry.log_models=false", tiny=False)
+    result = train(cfg)
+    run = _run(tracking_uri, result.run_id)
+    m = run.data.metrics
+    assert run.info.status == "FINISHED" and run.data.params["model.name"] == name
+    assert m["int8/qlinearconv"] > 0 and m["int8/float_conv"] == 0
+    assert m["int8/top1_agreement"] >= 0.99 and m["int8/max_step_drift"] <= 1.001
