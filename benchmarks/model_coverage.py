@@ -44,16 +44,16 @@ def check_in_subprocess(family: str, model: str, image_size: int, timeout_s: flo
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| family | model | params (M) | result | QLinearConv / float conv | agreement (max drift, steps) | s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| family | model | params (M) | result | QLinearConv / float conv / float nodes | within 1 step, max drift | "
+             "top-1 agreement | s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        convs = f"{r.get('qlinearconv', 0)} / {r.get('float_conv', 0)}"
-        agree = ("" if r.get("top1_agreement") is None else
-                 f"{r['top1_agreement']:.1%} ({r['max_step_drift']:.0f})" if r.get("max_step_drift") is not None
-                 else f"{r['top1_agreement']:.1%}")
+        convs = f"{r.get('qlinearconv', 0)} / {r.get('float_conv', 0)} / {r.get('float_nodes', 0)}"
+        drift = ("" if r.get("within_step_fraction") is None else
+                 f"{r['within_step_fraction']:.0%}, {r['max_step_drift']:.0f}")
+        agree = "" if r.get("top1_agreement") is None else f"{r['top1_agreement']:.0%}"
         result = "pass" if r["passed"] else f"**fails at {r['stage']}**: {r['reason']}"
-        lines.append(f"| {r['family']} | `{r['model']}` | {r.get('params_m') or ''} | {result} | {convs} | {agree} | "
-                     f"{r.get('seconds') or ''} |")
+        lines.append(f"| {r['family']} | `{r['model']}` | {r.get('params_m') or ''} | {result} | {convs} | {drift} | "
+                     f"{agree} | {r.get('seconds') or ''} |")
     passed = sum(r["passed"] for r in rows)
     lines.append(f"\n{passed} of {len(rows)} families pass ({passed / len(rows):.0%}).")
     return "\n".join(lines)

@@ -101,6 +101,7 @@ class CoverageResult:
     integer_ops: int = 0
     top1_agreement: float | None = None
     max_step_drift: float | None = None
+    within_step_fraction: float | None = None
     weight_range: str | None = None
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
@@ -118,10 +119,14 @@ class CoverageResult:
 class CoverageSettings:
     """How hard each model is exercised; the defaults keep one small model to seconds on 2 cores.
 
-    ``min_agreement``: the share of random inputs on which ORT's top-1 must equal the integer
-    reference's (the converted graph with conv/linear computed as integers); below it the file does
-    not compute what the converted model defines. ``weight_range`` as ``quant.weight_range`` (auto:
-    exact on this CPU).
+    ``min_within_step``: the share of random inputs on which every ORT logit must lie within one
+    output step of the integer reference (the converted graph with conv/linear computed as integers).
+    A kernel that computes other integers (AVX2's saturating int16 pairs with ``weight_range=int8``)
+    misses that on nearly every input by tens of steps; a rounding tie in an op ORT computes in float
+    (add, mul, pooling, sigmoid) moves a few inputs by a step or a few. Top-1 agreement is reported,
+    not judged: on a model trained for a few steps the logits of random inputs are too close for it
+    to tell a tie from a wrong kernel. ``weight_range`` as ``quant.weight_range`` (auto: exact on
+    this CPU).
     """
 
     image_size: int = 32
@@ -130,7 +135,7 @@ class CoverageSettings:
     fp32_steps: int = 4
     qat_steps: int = 4
     eval_images: int = 64
-    min_agreement: float = 0.95
+    min_within_step: float = 0.9
     weight_range: str = "auto"
     seed: int = 0
 
@@ -218,9 +223,12 @@ def _steps(result: CoverageResult, workdir: Path, cfg: CoverageSettings):
         drift = compare_logits(run_onnx(s["path"], probe), integer_reference_logits(s["converted"], probe),
                                output_step(s["path"]))
         result.top1_agreement, result.max_step_drift = drift.top1_agreement, drift.max_step_drift
-        if drift.top1_agreement < cfg.min_agreement:
-            raise EdgeqatError(f"ONNX Runtime agrees with the integer reference on {drift.top1_agreement:.1%} "
-                               f"of random inputs (< {cfg.min_agreement:.0%}): the file computes another model")
+        result.within_step_fraction = drift.within_step_fraction
+        if drift.within_step_fraction is None or drift.within_step_fraction < cfg.min_within_step:
+            raise EdgeqatError(f"ONNX Runtime's logits are within one step of the integer reference on "
+                               f"{drift.within_step_fraction or 0:.0%} of random inputs (< {cfg.min_within_step:.0%}; "
+                               f"up to {drift.max_step_drift or 0:.0f} steps): the file computes another model "
+                               "on this CPU; export for it with quant.weight_range=auto")
 
     yield from [(Stage.BUILD, build), (Stage.FP32_STEPS, fp32), (Stage.PREPARE, prepare), (Stage.QAT_STEPS, qat),
                 (Stage.CONVERT, convert_), (Stage.EXPORT, export), (Stage.ORT_GRAPH, ort_graph),
