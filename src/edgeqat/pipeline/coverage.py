@@ -225,10 +225,12 @@ def _steps(result: CoverageResult, workdir: Path, cfg: CoverageSettings):
         result.top1_agreement, result.max_step_drift = drift.top1_agreement, drift.max_step_drift
         result.within_step_fraction = drift.within_step_fraction
         if drift.within_step_fraction is None or drift.within_step_fraction < cfg.min_within_step:
+            fix = ("ORT departs from the file's own QDQ definition here (the weights are exact for this CPU): "
+                   "edgeqat.quant.localize_drift names the op; keep the model FP32 (quant=fp32)"
+                   if weights.exact_on_target else "export for this CPU with quant.weight_range=auto")
             raise EdgeqatError(f"ONNX Runtime's logits are within one step of the integer reference on "
                                f"{drift.within_step_fraction or 0:.0%} of random inputs (< {cfg.min_within_step:.0%}; "
-                               f"up to {drift.max_step_drift or 0:.0f} steps): the file computes another model "
-                               "on this CPU; export for it with quant.weight_range=auto")
+                               f"up to {drift.max_step_drift or 0:.0f} steps): {fix}")
 
     yield from [(Stage.BUILD, build), (Stage.FP32_STEPS, fp32), (Stage.PREPARE, prepare), (Stage.QAT_STEPS, qat),
                 (Stage.CONVERT, convert_), (Stage.EXPORT, export), (Stage.ORT_GRAPH, ort_graph),
