@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeqat.quant.errors import QuantizationError
+from edgeqat.quant.errors import QuantizationError, root_cause_line
 from edgeqat.quant.onnx_passes import apply_onnx_passes
+from edgeqat.quant.shapes import capture_with_dynamic_shapes
 from edgeqat.quant.steps import QuantStep
 from edgeqat.quant.weight_format import WeightFormat, finish_int8_weights
 
@@ -56,13 +57,14 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        program = torch.onnx.export(
-            model, (example_input,), dynamo=True, dynamic_shapes=({0: Dim("batch"), 2: Dim.AUTO, 3: Dim.AUTO},), verbose=False
+        program = capture_with_dynamic_shapes(
+            lambda dims: torch.onnx.export(model, (example_input,), dynamo=True, dynamic_shapes=(dims,), verbose=False),
+            example_input, type(model).__name__, batch=Dim("batch"),
         )
     except Exception as exc:
         raise QuantizationError(
-            f"[{QuantStep.EXPORT.value}] ONNX export of {type(model).__name__} failed: {type(exc).__name__}: "
-            f"{_first_line(exc)}. If it names an op, leave the module that uses it float "
+            f"[{QuantStep.EXPORT.value}] ONNX export of {type(model).__name__} failed: {root_cause_line(exc)}. "
+            "If it names an op, leave the module that uses it float "
             "(prepare_qat(..., float_modules=[...])) or keep the model FP32."
         ) from exc
     finally:
@@ -80,8 +82,3 @@ def export_onnx(
     onnx.save_model(proto, str(partial), save_as_external_data=external, location=data_path.name)
     os.replace(partial, path)
     return path
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""

@@ -17,6 +17,7 @@ from edgeqat.quant.bias_rounding import insert_bias_rounding
 from edgeqat.quant.errors import QuantizationError
 from edgeqat.quant.qat_model import QATModel, set_graph_mode
 from edgeqat.quant.quantizer import EdgeQuantizer
+from edgeqat.quant.shapes import capture_with_dynamic_shapes
 from edgeqat.quant.steps import QuantStep
 
 __all__ = ["check_batchnorm", "prepare_qat"]
@@ -38,7 +39,7 @@ def prepare_qat(
     shares the captured parameters and BN buffers; training it would move the caller's FP32 model, and
     a second ``prepare_qat`` of that model would start from, and keep moving, the first one's state.)
 
-    Batch, height and width stay dynamic (``Dim.AUTO``). The model is captured in eval mode, so no
+    Batch, height and width stay dynamic where torch can keep them so (``quant.shapes``). The model is captured in eval mode, so no
     stochastic op (drop-path) is baked into the graph, then BN/dropout are switched to training.
     The graph is wrapped in ``QATModel`` so ``.train()``/``.eval()`` (including Lightning's direct
     ``training`` assignment), ``state_dict`` and deepcopy work as on any module.
@@ -122,19 +123,19 @@ def _check_float_modules(model: nn.Module, float_modules: Sequence[str]) -> None
 
 
 def _export(model: nn.Module, example_input: torch.Tensor) -> GraphModule:
-    from torch.export import Dim
-
     if example_input.dim() < 2:
         raise QuantizationError(
             f"example_input must be a batch shaped (N, C, ...), got shape {tuple(example_input.shape)}"
         )
     if example_input.shape[0] == 1:  # torch.export specializes size-1 dims: keep the batch dynamic
         example_input = example_input.expand(2, *example_input.shape[1:]).contiguous()
-    dims = {0: Dim.AUTO, **{d: Dim.AUTO for d in range(2, example_input.dim())}}
     was_training = model.training
     model.eval()
     try:
-        program = torch.export.export(model, (example_input,), dynamic_shapes=(dims,))
+        program = capture_with_dynamic_shapes(
+            lambda dims: torch.export.export(model, (example_input,), dynamic_shapes=(dims,)),
+            example_input, type(model).__name__,
+        )
     except Exception as exc:
         raise QuantizationError(_describe_export_failure(model, exc)) from exc
     finally:
