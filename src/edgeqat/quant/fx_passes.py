@@ -2,6 +2,11 @@
 
 Every pass keeps the math identical (same outputs in float); only the op spelling changes:
 
+* ``drop_identity_arithmetic``: ``x + 0``, ``x - 0``, ``x * 1``, ``x / 1`` with a Python number ->
+  ``x``. MobileOne's train-time block starts its branch sum at ``0`` (``scale_out + identity_out``
+  with no identity branch); annotated as an add, it re-quantizes a tensor with a second observer's
+  near-identical scale, and ORT's optimizer merges that Q->DQ->Q->DQ pair into one with another
+  range: ORT then runs another model than the file defines (mobileone_s0: up to 59 output steps).
 * ``mean_to_global_avg_pool``: ``x.mean((2, 3), keepdim=True)`` (squeeze-excite) -> global average
   pool. ORT has QLinearGlobalAveragePool; a float ReduceMean in ORT's int8 NHWC layout costs ~6x.
 * ``decompose_silu``: ``silu(x)`` -> ``x * sigmoid(x)``, i.e. QLinearSigmoid + QLinearMul instead of
@@ -66,6 +71,43 @@ def apply_passes(gm: GraphModule, names: list[str] | None = None) -> dict[str, i
 def _val(node: object) -> torch.Tensor | None:
     val = node.meta.get("val") if isinstance(node, Node) else None
     return val if isinstance(val, torch.Tensor) else None
+
+
+_IDENTITY_OPERAND = {
+    aten.add.Tensor: 0, aten.add_.Tensor: 0, aten.add.Scalar: 0, aten.add_.Scalar: 0,
+    aten.sub.Tensor: 0, aten.sub_.Tensor: 0, aten.sub.Scalar: 0, aten.sub_.Scalar: 0,
+    aten.mul.Tensor: 1, aten.mul_.Tensor: 1, aten.mul.Scalar: 1, aten.mul_.Scalar: 1,
+    aten.div.Tensor: 1, aten.div_.Tensor: 1, aten.div.Scalar: 1, aten.div_.Scalar: 1,
+}
+_COMMUTATIVE = {aten.add.Tensor, aten.add_.Tensor, aten.mul.Tensor, aten.mul_.Tensor}
+
+
+def _mutates(node: Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return bool(schema is not None and schema.is_mutable)
+
+
+@register_pass("drop_identity_arithmetic")
+def _drop_identity_arithmetic(gm: GraphModule) -> int:
+    count = 0
+    for node in list(gm.graph.nodes):
+        identity = _IDENTITY_OPERAND.get(node.target) if node.op == "call_function" else None
+        if identity is None or len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
+            continue
+        a, b = node.args
+        if isinstance(b, Node) and node.target in _COMMUTATIVE:
+            a, b = b, a
+        if not isinstance(a, Node) or isinstance(b, (Node, bool)) or not isinstance(b, (int, float)) or b != identity:
+            continue
+        a_val, out_val = _val(a), _val(node)
+        if a_val is None or out_val is None or a_val.dtype != out_val.dtype or a_val.shape != out_val.shape:
+            continue  # x + 0 that promotes (int -> float) or broadcasts is not the identity
+        if len(a.users) > 1 and any(_mutates(user) for user in node.users):
+            continue  # `t = x + 0; t += y` must not become `x += y` while x has other readers
+        node.replace_all_uses_with(a)
+        gm.graph.erase_node(node)
+        count += 1
+    return count
 
 
 @register_pass("mean_to_global_avg_pool")

@@ -47,3 +47,47 @@ def test_unknown_pass_is_refused() -> None:
     with pytest.raises(ValueError, match="valid"):
         apply_passes(_exported(TinyShuffle()), ["no_such_pass"])
     assert "decompose_silu" in list_passes()
+
+
+class _IdentityArithmetic(nn.Module):
+    """A branch sum started at zero (MobileOne's train-time block) and friends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        total = 0 + y  # the summed branches, none of them identity
+        return (total * 1) / 1 - 0
+
+
+class _SharedInPlace(nn.Module):
+    """``t = y + 0; t += 1`` while ``y`` is read again: dropping the add would change ``y``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        t = y + 0
+        t += 1
+        return t * y
+
+
+def test_identity_arithmetic_is_dropped_but_not_under_a_shared_in_place_write() -> None:
+    torch.manual_seed(0)
+    x = synthetic_batch(3, seed=1)[0]
+    arithmetic = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor}
+
+    gm = _exported(_IdentityArithmetic())
+    before = gm(x)
+    assert apply_passes(gm, ["drop_identity_arithmetic"])["drop_identity_arithmetic"] == 4
+    assert not arithmetic & set(_targets(gm))
+    torch.testing.assert_close(gm(x), before)
+
+    gm = _exported(_SharedInPlace())
+    before = gm(x)
+    apply_passes(gm, ["drop_identity_arithmetic"])
+    torch.testing.assert_close(gm(x), before)
