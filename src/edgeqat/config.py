@@ -35,15 +35,16 @@ class DataConfig:
 
     _target_: str = "edgeqat.data.ClassificationDataModule"
     source: str = MISSING
-    root: Optional[str] = None  # imagefolder: a local class-per-folder tree (s3:// comes with the stack)
+    root: Optional[str] = None  # imagefolder: a class-per-folder tree (local or s3://); fashion_mnist: its IDX files
     options: dict[str, Any] = field(default_factory=dict)  # source-specific (synthetic: num_samples, ...)
     image_size: int = 32
     in_chans: Optional[int] = None  # None: the dataset's own channel count; 1 <-> 3 converts
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
+    val_fraction: float = 0.1  # of all samples; of the train samples where the source has its own test split
+    test_fraction: float = 0.2  # unused where the source has its own test split (fashion_mnist)
+    max_train_samples: Optional[int] = None  # a stratified, seeded subset of the train split (CPU budgets)
     augment: bool = False
     seed: int = "${seed}"  # type: ignore[assignment]
 
@@ -207,6 +208,7 @@ RANGES: dict[str, tuple[float, str]] = {
     "data.batch_size": (1, "images per training batch"),
     "data.eval_batch_size": (1, "images per evaluation batch"),
     "data.num_workers": (0, "loader processes"),
+    "data.max_train_samples": (1, "training images kept (null: all)"),
     "tracking.status_interval_s": (0, "seconds between status tags (0: at every update)"),
     "tracking.close_timeout_s": (0, "seconds to wait for the server at the end"),
     "tracking.batch_window_s": (0, "seconds metrics wait to share a request"),

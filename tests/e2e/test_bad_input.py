@@ -46,6 +46,9 @@ CASES = {
     "non-image file in a class folder": (["train", "data=imagefolder", "data.root={tmp}/tree_bad"],
                                          "Unreadable image(s)"),
     "class folder without images": (["train", "data=imagefolder", "data.root={tmp}/tree_no_images"], "holds no image"),
+    "Fashion-MNIST not installed": (["train", "data=fashion_mnist", "data.root={tmp}/empty"],
+                                    "apt-get install dataset-fashion-mnist"),
+    "zero training samples": (["train", "data.max_train_samples=0"], "data.max_train_samples=0 is out of range"),
     # the other entry points
     "stack port out of range": (["stack", "up", "--mlflow-port", "70000", "--home", "{tmp}/h"], "out of range"),
     "sync of a non-spool": (["sync", "{tmp}"], "is not an edgeqat spool"),

@@ -77,6 +77,7 @@ def test_experiment_preset_overrides_groups() -> None:
 @pytest.mark.parametrize("override, named", [
     ("trainer.max_epochs=-1", "trainer.max_epochs=-1 is out of range"),  # was an OverflowError in Lightning
     ("data.image_size=0", "data.image_size=0 is out of range"),  # was a Hydra traceback, exit 1
+    ("data.max_train_samples=0", "data.max_train_samples=0 is out of range"),
     ("data.batch_size=0", "data.batch_size=0"),
     ("quant.qat_epochs=-2", "quant.qat_epochs=-2"),
     ("quant.latency_iters=0", "quant.latency_iters=0"),

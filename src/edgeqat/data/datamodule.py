@@ -25,38 +25,67 @@ class Normalization:
     std: tuple[float, ...]
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float,
-                     seed: int) -> dict[str, np.ndarray]:
-    """Indices per split, class proportions preserved, identical for the same seed."""
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int,
+                     test_indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Indices per split, class proportions preserved, identical for the same seed.
+
+    With ``test_indices`` (a dataset's official test split) those are the test split and
+    ``val_fraction`` is the share of the remaining samples held out for validation;
+    ``test_fraction`` is then unused.
+    """
     from sklearn.model_selection import train_test_split
 
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+    if test_indices is None and not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DataSourceError(
             f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be in (0, 1) "
             "and sum to < 1"
         )
+    if test_indices is not None and not 0 < val_fraction < 1:
+        raise DataSourceError(f"data.val_fraction={val_fraction} must be in (0, 1)")
     idx = np.arange(len(labels))
     try:
-        rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
-        train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
-                                      stratify=labels[rest], random_state=seed)
+        if test_indices is None:
+            rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+            val_share = val_fraction / (1 - test_fraction)
+        else:
+            test = np.asarray(test_indices)
+            rest, val_share = np.setdiff1d(idx, test), val_fraction
+        train, val = train_test_split(rest, test_size=val_share, stratify=labels[rest], random_state=seed)
     except ValueError as e:
         raise DataSourceError(f"Cannot split the dataset by class ({e}); add images to the smallest class") from e
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
+def subsample(indices: np.ndarray, labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """At most ``limit`` of ``indices``, stratified and seeded (``data.max_train_samples``)."""
+    from sklearn.model_selection import train_test_split
+
+    if limit is None or limit >= len(indices):
+        return indices
+    try:
+        kept, _ = train_test_split(indices, train_size=limit, stratify=labels[indices], random_state=seed)
+    except ValueError as e:
+        raise DataSourceError(f"data.max_train_samples={limit} cannot hold every class ({e}): raise it") from e
+    return np.sort(kept)
+
+
 def to_tensor(image: np.ndarray, in_chans: int, size: int) -> torch.Tensor:
     """``HxWxC`` uint8 -> ``in_chans x size x size`` float in [0, 1]."""
-    x = torch.tensor(image).permute(2, 0, 1).float().div_(255.0)
-    if x.shape[0] != in_chans:
+    return to_tensor_batch(image[None], in_chans, size)[0]
+
+
+def to_tensor_batch(images: np.ndarray, in_chans: int, size: int) -> torch.Tensor:
+    """``NxHxWxC`` uint8 -> ``N x in_chans x size x size`` float in [0, 1] (one resize for the batch)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[1] != in_chans:
         if in_chans == 1:
-            x = x.mean(0, keepdim=True)
-        elif x.shape[0] == 1:
-            x = x.expand(in_chans, -1, -1)
+            x = x.mean(1, keepdim=True)
+        elif x.shape[1] == 1:
+            x = x.expand(-1, in_chans, -1, -1)
         else:
-            raise DataSourceError(f"Cannot convert {x.shape[0]}-channel images to data.in_chans={in_chans}")
-    if x.shape[1:] != (size, size):
-        x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+            raise DataSourceError(f"Cannot convert {x.shape[1]}-channel images to data.in_chans={in_chans}")
+    if x.shape[2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x
 
 
@@ -69,10 +98,18 @@ class ImageDataset(Dataset):
         self.in_chans, self.size, self.augment = in_chans, size, augment
         self.mean = torch.tensor(norm.mean).view(-1, 1, 1)
         self.std = torch.tensor(norm.std).view(-1, 1, 1)
-        self.cache = torch.stack([self._load(i) for i in range(len(indices))]) if preload else None
+        self.cache = self._preload() if preload else None
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def _preload(self, chunk: int = 4096) -> torch.Tensor:
+        """Decode an in-memory split in chunks: 60,000 Fashion-MNIST images in ~1 s, not one resize each."""
+        assert isinstance(self.images, np.ndarray)
+        parts = [to_tensor_batch(self.images[self.indices[i:i + chunk]], self.in_chans, self.size)
+                 for i in range(0, len(self.indices), chunk)]
+        x = torch.cat(parts) if parts else torch.empty(0, self.in_chans, self.size, self.size)
+        return (x - self.mean) / self.std
 
     def _load(self, i: int) -> torch.Tensor:
         x = to_tensor(self.images[int(self.indices[i])], self.in_chans, self.size)
@@ -100,17 +137,20 @@ class ClassificationDataModule(L.LightningDataModule):
     def __init__(self, source: str, root: str | None = None, options: dict[str, Any] | None = None,
                  image_size: int = 32, in_chans: int | None = None, batch_size: int = 64,
                  eval_batch_size: int = 256, num_workers: int = 0, val_fraction: float = 0.1,
-                 test_fraction: float = 0.2, augment: bool = False, seed: int = 42) -> None:
+                 test_fraction: float = 0.2, augment: bool = False, seed: int = 42,
+                 max_train_samples: int | None = None) -> None:
         super().__init__()
         if image_size < 8:
             raise DataSourceError(f"data.image_size={image_size} is too small; use >= 8")
+        if max_train_samples is not None and max_train_samples < 1:
+            raise DataSourceError(f"data.max_train_samples={max_train_samples}: use a positive count or null (all)")
         if in_chans not in (None, 1, 3):
             raise DataSourceError(f"data.in_chans={in_chans}: use 1, 3 or null (the dataset's own)")
         self.source, self.root, self.options = source, root, dict(options or {})
         self.image_size, self.requested_in_chans = image_size, in_chans
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.augment, self.seed = augment, seed
+        self.augment, self.seed, self.max_train_samples = augment, seed, max_train_samples
         self.image_set: ImageSet | None = None
         self.split_indices: dict[str, np.ndarray] = {}
         self.datasets: dict[str, ImageDataset] = {}
@@ -124,7 +164,9 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.datasets:
             return
         self.image_set = s = load_source(self.source, self.root, **self.options)
-        self.split_indices = stratified_split(s.labels, self.val_fraction, self.test_fraction, self.seed)
+        split = stratified_split(s.labels, self.val_fraction, self.test_fraction, self.seed, s.test_indices)
+        split["train"] = subsample(split["train"], s.labels, self.max_train_samples, self.seed)
+        self.split_indices = split
         preload = isinstance(s.images, np.ndarray)  # bundled sets fit in memory: decode once
         self.normalization = self._fit_normalization(s)
         self.datasets = {

@@ -2,6 +2,7 @@
 
 A source is a function registered with ``@register_source(name)`` that returns an :class:`ImageSet`;
 ``data.source=<name>`` selects it. Small bundled sets are held in memory, folders are read lazily.
+A source registered with ``reads_root=True`` takes ``data.root`` (where its files are).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class ImageSet:
     """All samples of a dataset before splitting.
 
     ``images[i]`` is an ``HxWxC`` uint8 array (a numpy array for in-memory sets, a lazy reader for
-    folders); ``channels`` is the dataset's native channel count.
+    folders); ``channels`` is the dataset's native channel count. ``test_indices`` is the dataset's
+    own held-out test split (Fashion-MNIST's official 10,000), kept as is so accuracies compare with
+    published ones; ``None``: the data module carves a stratified one.
     """
 
     name: str
@@ -41,6 +44,7 @@ class ImageSet:
     labels: np.ndarray
     class_names: list[str]
     channels: int
+    test_indices: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -58,13 +62,18 @@ class ImageSet:
 
 SourceFn = Callable[..., ImageSet]
 _SOURCES: dict[str, SourceFn] = {}
+_READS_ROOT: set[str] = set()
 
 
-def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
+def register_source(name: str, *, reads_root: bool = False) -> Callable[[SourceFn], SourceFn]:
     def wrap(fn: SourceFn) -> SourceFn:
         if name in _SOURCES:
             log.warning("data source %r registered twice; keeping the last one", name)
         _SOURCES[name] = fn
+        if reads_root:
+            _READS_ROOT.add(name)
+        else:
+            _READS_ROOT.discard(name)
         return fn
 
     return wrap
@@ -75,15 +84,14 @@ def list_sources() -> list[str]:
 
 
 def load_source(name: str, root: str | None = None, **options: Any) -> ImageSet:
-    """Load source ``name``; ``root`` only for sources that read a tree (``imagefolder``)."""
+    """Load source ``name``; ``root`` only for sources registered with ``reads_root=True``."""
     if name not in _SOURCES:
         raise DataSourceError(f"Unknown data source {name!r}. Choose one of: {', '.join(list_sources())}")
-    if root is not None and name != "imagefolder":
-        raise DataSourceError(
-            f"data.root is only read by the imagefolder source, not {name!r}: use data=imagefolder data.root={root}"
-        )
+    if root is not None and name not in _READS_ROOT:
+        raise DataSourceError(f"data.root is only read by the {', '.join(sorted(_READS_ROOT))} sources, not {name!r}: "
+                              f"use data=imagefolder data.root={root}")
     kwargs = dict(options)
-    if name == "imagefolder":
+    if name in _READS_ROOT:
         kwargs["root"] = root
     try:
         return _SOURCES[name](**kwargs)
@@ -151,7 +159,50 @@ class FolderImages(Sequence):
         return arr[..., None] if arr.ndim == 2 else arr
 
 
-@register_source("imagefolder")
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+
+
+@register_source("fashion_mnist", reads_root=True)
+def fashion_mnist(root: str | None = None) -> ImageSet:
+    """Fashion-MNIST (Zalando, MIT licence): 70,000 real 28x28 grey clothing images, 10 classes.
+
+    Read from the four IDX files (``.gz`` or raw) in ``root``, by default where Debian's
+    ``dataset-fashion-mnist`` puts them. The official 60k/10k split is kept: the 10,000 test images
+    are the test split, validation is carved from the 60,000.
+    """
+    from edgeqat.data.idx import IdxError, read_idx
+
+    base = Path(root or FASHION_MNIST_ROOT).expanduser()
+    images, labels = [], []
+    try:
+        for prefix in ("train", "t10k"):
+            images.append(read_idx(_idx_file(base, f"{prefix}-images-idx3-ubyte"), ndim=3))
+            labels.append(read_idx(_idx_file(base, f"{prefix}-labels-idx1-ubyte"), ndim=1))
+            if len(images[-1]) != len(labels[-1]) or images[-1].shape[1:] != (28, 28):
+                raise IdxError(f"{prefix} files in {base} hold {images[-1].shape} images and {len(labels[-1])} labels: "
+                               "expected N x 28 x 28 and N")
+    except IdxError as e:
+        raise DataSourceError(f"{e}: reinstall it (apt-get install --reinstall dataset-fashion-mnist) "
+                              "or point data.root at intact files") from e
+    label_array = np.concatenate(labels).astype(np.int64)
+    if label_array.max(initial=0) >= len(FASHION_MNIST_CLASSES):
+        raise DataSourceError(f"Fashion-MNIST labels in {base} go up to {label_array.max()}; expected 0..9")
+    test = np.arange(len(labels[0]), len(label_array))
+    return ImageSet("fashion_mnist", base.resolve().as_uri(), np.concatenate(images)[..., None], label_array,
+                    list(FASHION_MNIST_CLASSES), 1, test_indices=test)
+
+
+def _idx_file(base: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (base / name).is_file():
+            return base / name
+    raise DataSourceError(f"Fashion-MNIST is not in {base} ({stem}.gz missing): install it with "
+                          "`apt-get install dataset-fashion-mnist`, or set data.root=<dir with the four IDX files>")
+
+
+@register_source("imagefolder", reads_root=True)
 def imagefolder(root: str | None = None, channels: int = 3) -> ImageSet:
     """A class-per-folder tree (``root/<class>/<image>``), local; ``s3://`` roots are synced first."""
     if not root:

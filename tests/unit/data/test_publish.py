@@ -76,7 +76,7 @@ def test_refuses_a_destination_holding_another_dataset(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("source", "dest", "fragment"), [
-    ("digitz", "{tmp}/out", "Unknown data source 'digitz': publish one of digits, mnist5k, synthetic"),
+    ("digitz", "{tmp}/out", "Unknown data source 'digitz': publish one of digits, fashion_mnist, mnist5k, synthetic"),
     ("imagefolder", "{tmp}/out", "Unknown data source 'imagefolder'"),
     ("{tmp}", "{tmp}/out", "is already a local class-per-folder tree: train on it with data=imagefolder"),
     ("digits", "gs://bucket/x", "neither a local directory nor s3://bucket/prefix/"),
