@@ -225,9 +225,8 @@ def _steps(result: CoverageResult, workdir: Path, cfg: CoverageSettings):
         result.top1_agreement, result.max_step_drift = drift.top1_agreement, drift.max_step_drift
         result.within_step_fraction = drift.within_step_fraction
         if drift.within_step_fraction is None or drift.within_step_fraction < cfg.min_within_step:
-            fix = ("ORT departs from the file's own QDQ definition here (the weights are exact for this CPU): "
-                   "edgeqat.quant.localize_drift names the op; keep the model FP32 (quant=fp32)"
-                   if weights.exact_on_target else "export for this CPU with quant.weight_range=auto")
+            fix = (_drift_cause(s["path"], probe[:16]) if weights.exact_on_target
+                   else "export for this CPU with quant.weight_range=auto")
             raise EdgeqatError(f"ONNX Runtime's logits are within one step of the integer reference on "
                                f"{drift.within_step_fraction or 0:.0%} of random inputs (< {cfg.min_within_step:.0%}; "
                                f"up to {drift.max_step_drift or 0:.0f} steps): {fix}")
@@ -235,6 +234,24 @@ def _steps(result: CoverageResult, workdir: Path, cfg: CoverageSettings):
     yield from [(Stage.BUILD, build), (Stage.FP32_STEPS, fp32), (Stage.PREPARE, prepare), (Stage.QAT_STEPS, qat),
                 (Stage.CONVERT, convert_), (Stage.EXPORT, export), (Stage.ORT_GRAPH, ort_graph),
                 (Stage.INTEGER_KERNELS, integer_kernels), (Stage.AGREEMENT, agreement)]
+
+
+def _drift_cause(path: Path, images: np.ndarray) -> str:
+    """Why ORT departs from the file's own QDQ definition, from ``localize_drift``'s sources.
+
+    The weights are exact for this CPU, so what is left is either rounding ties (sources of exactly
+    one step, on every CPU, grown by the layers after them) or a kernel computing other integers.
+    """
+    from edgeqat.quant import localize_drift
+
+    report = localize_drift(path, images)
+    ops = ", ".join(list(report.elements_by_op())[:3]) or "no op"
+    if report.max_source_steps <= 1:
+        return (f"ORT's integer run differs from the file's definition by 1-step rounding ties only (at {ops}; "
+                f"{len(report.sources)} tensors), which the layers after them grow to {report.output_max_steps or 0:.0f} "
+                "output steps: not a kernel error; keep the model FP32 (quant=fp32) if that is too much")
+    return (f"a kernel computes other integers than the file defines (up to {report.max_source_steps} steps at {ops}): "
+            "keep those ops float (quant.float_modules) or the model FP32 (quant=fp32)")
 
 
 def _synthetic_task(num_classes: int, size: int, n: int, seed: int):

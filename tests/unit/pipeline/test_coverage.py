@@ -75,3 +75,18 @@ def test_untraceable_model_is_a_named_failure_with_its_fallback(tmp_path: Path, 
     assert "torch.export cannot trace" in result.reason and "keep this model FP32" in result.reason
     assert "\n" not in result.reason
     assert not list(tmp_path.rglob("*.onnx")), "nothing is exported for a model that failed"
+
+
+@pytest.mark.parametrize("source_steps, named", [(1, "1-step rounding ties only (at Add; 1 tensors), which the "
+                                                    "layers after them grow to 7 output steps: not a kernel error"),
+                                                   (40, "a kernel computes other integers than the file defines "
+                                                        "(up to 40 steps at Add)")])
+def test_a_drift_failure_names_its_cause(monkeypatch: pytest.MonkeyPatch, source_steps: int, named: str) -> None:
+    """Exact weights and still off: ties grown by the network are told apart from a wrong kernel."""
+    import edgeqat.quant
+    from edgeqat.pipeline.coverage import _drift_cause
+    from edgeqat.quant.drift import DriftReport, DriftSource
+
+    report = DriftReport(4, 100, 2, 7.0, [DriftSource("q_20", "Add", 3, source_steps, 2)])
+    monkeypatch.setattr(edgeqat.quant, "localize_drift", lambda path, images: report)
+    assert named in _drift_cause(Path("int8.onnx"), None)
