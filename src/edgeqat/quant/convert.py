@@ -18,12 +18,14 @@ __all__ = ["convert"]
 _QDQ_OPS = {"quantize_per_tensor", "quantize_per_channel", "dequantize_per_tensor", "dequantize_per_channel"}
 
 
-def convert(prepared: QATModel) -> GraphModule:
+def convert(prepared: QATModel, fold_weights: bool = True) -> GraphModule:
     """Eval mode + ``convert_pt2e`` on a deep copy of ``prepared``.
 
     Returns a graph with int8 weights (``dequantize`` of int8 constants), biases on ORT's int32 grid
     (``bias_rounding``) and Q/DQ around every quantized activation; it computes what the fake-quant
-    graph computes in eval mode.
+    graph computes in eval mode. ``fold_weights=False`` keeps each weight as the float constant
+    (BN folded) that a ``quantize`` op rounds: same outputs, and the trained weights stay readable
+    (``export_onnx(..., float_weights=...)``, for ``sensitivity``).
 
     Raises:
         QuantizationError: the result holds no quantize/dequantize op (nothing was quantized).
@@ -39,7 +41,7 @@ def convert(prepared: QATModel) -> GraphModule:
     model.apply(disable_observer)
     remove_bias_rounding(model)
     with torch.no_grad(), only_present_conv_kinds(model):
-        converted = convert_pt2e(model)
+        converted = convert_pt2e(model, fold_quantize=fold_weights)
     round_converted_biases(converted)
     set_graph_mode(converted, training=False)
     restore_train_eval_methods(converted).eval()  # BN is folded; eval() only sets the flag

@@ -6,11 +6,12 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgeqat.quant.errors import QuantizationError, root_cause_line
-from edgeqat.quant.onnx_passes import apply_onnx_passes
+from edgeqat.quant.onnx_passes import apply_onnx_passes, list_onnx_passes, quantized_weights_in_float
 from edgeqat.quant.shapes import capture_with_dynamic_shapes
 from edgeqat.quant.steps import QuantStep
 from edgeqat.quant.weight_format import WeightFormat, finish_int8_weights
@@ -28,6 +29,7 @@ def export_onnx(
     path: str | Path,
     ort_gemm_convs: bool = False,
     weights: WeightFormat | None = None,
+    float_weights: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Export with the dynamo exporter, batch axis dynamic, then apply ``onnx_passes``.
 
@@ -37,6 +39,8 @@ def export_onnx(
     ``ort_gemm_convs`` sends deep convs to ORT's AMX int8 GEMM, same outputs (``gemm_routing``);
     ``weights`` is the target's weight format: its grid is checked and, for ``u8``, dense weights
     are stored as uint8 (``weight_format.finish_int8_weights``). None: neither (FP32 exports).
+    ``float_weights``, if given, is filled with each quantized conv's weight before rounding (by
+    node name): what ``quant.sensitivity`` computes a layer with when it leaves it float.
 
     Raises:
         QuantizationError: the exporter failed (message names the op it could not translate), or
@@ -70,7 +74,12 @@ def export_onnx(
     finally:
         model.train(was_training)
     proto = program.model_proto
-    counts = apply_onnx_passes(proto)
+    passes = list_onnx_passes()
+    split = passes.index("fold_constant_quantize")
+    counts = apply_onnx_passes(proto, passes[:split])
+    if float_weights is not None:
+        float_weights.update(quantized_weights_in_float(proto))
+    counts.update(apply_onnx_passes(proto, passes[split:]))
     counts.update(finish_int8_weights(proto, weights, ort_gemm_convs))
     log.debug("ONNX passes on %s: %s", path.name, counts)
     external = proto.ByteSize() > _PROTOBUF_LIMIT

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["apply_onnx_passes", "list_onnx_passes", "register_onnx_pass"]
+__all__ = ["apply_onnx_passes", "list_onnx_passes", "quantized_weights_in_float", "register_onnx_pass"]
 
 OnnxPass = Callable[[onnx.ModelProto], int]
 _PASSES: dict[str, OnnxPass] = {}
@@ -134,6 +134,30 @@ def _fold_constants(model: onnx.ModelProto) -> int:
         graph.node.remove(node)
         folded += 1
     return folded
+
+
+def quantized_weights_in_float(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Conv/Gemm node name -> the float weight its ``QuantizeLinear -> DequantizeLinear`` rounds.
+
+    Read before ``fold_constant_quantize`` stores the rounded ints: the only moment a QAT export
+    still holds the weights it was trained with (BN folded, not yet on the int8 grid). Keyed by
+    the consuming node, whose name later passes keep (they rename the initializers).
+    """
+    consts = _Constants(model.graph)
+    consumers = _consumers(model.graph)
+    found: dict[str, np.ndarray] = {}
+    for q in model.graph.node:
+        weight = consts.get(q.input[0]) if q.op_type == "QuantizeLinear" else None
+        if weight is None or weight.dtype != np.float32:
+            continue
+        after = consumers.get(q.output[0], [])
+        # the exporter clamps a narrow grid (int7, [-127, 127]) with a Clip between the two
+        after = [n for a in after for n in (consumers.get(a.output[0], []) if a.op_type == "Clip" else [a])]
+        for dq in after:
+            for node in consumers.get(dq.output[0], []) if dq.op_type == "DequantizeLinear" else []:
+                if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and list(node.input[1:2]) == [dq.output[0]]:
+                    found[node.name] = weight.copy()
+    return found
 
 
 @register_onnx_pass("fold_constant_quantize")

@@ -1,0 +1,98 @@
+"""Per-layer sensitivity: each row is a real file with that layer float in ORT, and it finds a hard layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgeqat.quant import convert, export_onnx, inspect_ort_graph, ptq_onnx, run_onnx
+from edgeqat.quant.errors import QuantizationError
+from edgeqat.quant.sensitivity import float_weights_of, layer_sensitivity, leave_float, quantized_layers
+from tests.unit.quant.tiny import synthetic_batch
+
+
+def _weight_initializer(model: onnx.ModelProto, layer: str) -> onnx.TensorProto:
+    node = next(n for n in model.graph.node if n.name == layer)
+    dq = next(n for n in model.graph.node if node.input[1] in n.output)
+    return next(i for i in model.graph.initializer if i.name == dq.input[0])
+
+
+@pytest.fixture(scope="module")
+def qat_float_weights(artifacts, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    """The test_resnet QAT model exported again, unfolded: its file and its unrounded weights."""
+    a = artifacts["test_resnet"]
+    float_weights: dict[str, np.ndarray] = {}
+    path = export_onnx(convert(a.prepared, fold_weights=False), synthetic_batch(1, seed=98)[0],
+                       tmp_path_factory.mktemp("sensitivity") / "int8.onnx", weights=a.weights, float_weights=float_weights)
+    return path, float_weights
+
+
+def test_the_qat_export_keeps_the_unrounded_weights_of_every_quantized_layer(artifacts, qat_float_weights) -> None:
+    a = artifacts["test_resnet"]
+    again, float_weights = qat_float_weights
+    x = a.images[:64]
+    np.testing.assert_array_equal(run_onnx(again, x), run_onnx(a.int8_onnx, x))  # the same INT8 model
+    model = onnx.load(str(a.int8_onnx))
+    layers = quantized_layers(model)
+    assert len(layers) == 16 and set(layers) == set(float_weights)  # 15 convs and the classifier
+    for layer in layers:
+        dq = next(n for n in model.graph.node if next(m for m in model.graph.node if m.name == layer).input[1] in n.output)
+        ints = numpy_helper.to_array(_weight_initializer(model, layer)).astype(np.float32)
+        scale = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == dq.input[1]))
+        scale = scale.reshape((-1,) + (1,) * (ints.ndim - 1))
+        rounded = np.clip(np.rint(float_weights[layer] / scale), ints.min(), ints.max())
+        assert np.mean(rounded != ints) < 1e-3, layer  # the file's ints are these weights rounded (ties aside)
+        assert not np.allclose(float_weights[layer], ints * scale), layer  # and these are not on the grid
+
+
+def test_leave_float_runs_that_layer_in_float_and_nothing_else(artifacts, qat_float_weights, tmp_path: Path) -> None:
+    a = artifacts["test_resnet"]
+    model = onnx.load(str(a.int8_onnx))
+    fp32 = qat_float_weights[1]
+    base = inspect_ort_graph(a.int8_onnx)
+    layer = quantized_layers(model)[3]
+    variant = tmp_path / "variant.onnx"
+    onnx.save(leave_float(model, [layer], {layer: fp32[layer]}), str(variant))
+    report = inspect_ort_graph(variant)
+    assert report.count("QLinearConv") == base.count("QLinearConv") - 1
+    assert report.count("Conv") + report.count("FusedConv") + report.count("NchwcConv") == 1
+    assert not np.array_equal(run_onnx(variant, a.images[:32]), run_onnx(a.int8_onnx, a.images[:32]))
+    with pytest.raises(QuantizationError, match="is not a quantized conv/gemm"):
+        leave_float(model, ["no_such_node"], fp32)
+    with pytest.raises(QuantizationError, match="no float weight of shape"):
+        leave_float(model, [layer], {layer: np.zeros((1, 1), np.float32)})
+
+
+def test_sensitivity_finds_the_layer_made_hard_to_quantize(artifacts, tmp_path: Path) -> None:
+    """ORT's PTQ of the FP32 file, then one conv's int8 weights shuffled within each output channel (a
+    layer whose rounding destroys it, in the extreme; this tiny net shrugs off even 2-bit weights):
+    that layer tops the report, and leaving it float brings the accuracy back."""
+    a = artifacts["test_resnet"]
+    calibration = [a.images[i:i + 32] for i in range(0, 128, 32)]
+    ptq = onnx.load(str(ptq_onnx(a.fp32_onnx, calibration, tmp_path / "ptq.onnx")))
+    images, labels = a.images[128:], a.labels[128:]
+    ptq_accuracy = float((run_onnx(tmp_path / "ptq.onnx", images).argmax(1) == labels).mean())
+
+    layers = quantized_layers(ptq)
+    hard = layers[1]
+    weight = _weight_initializer(ptq, hard)
+    ints = numpy_helper.to_array(weight).reshape(weight.dims[0], -1).copy()
+    rng = np.random.default_rng(0)
+    for row in ints:
+        rng.shuffle(row)
+    weight.CopyFrom(numpy_helper.from_array(ints.reshape(tuple(weight.dims)), weight.name))
+    damaged = tmp_path / "damaged.onnx"
+    onnx.save(ptq, str(damaged))
+
+    report = layer_sensitivity(damaged, float_weights_of(onnx.load(str(a.fp32_onnx))), images, labels,
+                               layers=layers[:5], profile_runs=5)
+    assert report.int8_accuracy < ptq_accuracy - 0.2, "the damaged layer must hurt for the test to mean anything"
+    top, rest = report.layers[0], report.layers[1:]
+    assert top.layer == hard and top.recovered > 0.2 and top.accuracy >= ptq_accuracy - 0.03
+    assert len(rest) == 4 and all(row.recovered < 0.05 for row in rest)
+    assert all(row.float_kernels == report.base_float_kernels + 1 for row in report.layers)
+    assert all(0 < row.latency_share < 1 for row in report.layers)
