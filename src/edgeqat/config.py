@@ -58,6 +58,19 @@ class OptimConfig:
 
 
 @dataclass
+class FallbackConfig:
+    """Automatic float fallback (``pipeline/sensitivity.py``): off while ``max_drop`` is None.
+
+    Layers are left float, most accuracy recovered first (from the sensitivity report, on the
+    validation split), until INT8 is within ``max_drop`` of FP32 there or the budget is spent.
+    """
+
+    max_drop: Optional[float] = None  # accuracy units vs FP32 on the validation split (0.005 = 0.5 pt)
+    max_latency_pct: Optional[float] = None  # extra batch-1 latency over the INT8 file, in %; None: no limit
+    max_layers: Optional[int] = None  # most layers left float; None: no limit
+
+
+@dataclass
 class QuantConfig:
     """Quantization recipe (``edgeqat.pipeline.list_recipes()``): FP32 only, QAT to INT8, or ORT PTQ.
 
@@ -87,6 +100,10 @@ class QuantConfig:
     # Deep convs on ORT's AMX int8 GEMM, same outputs (quant/gemm_routing.py); None: where the target has AMX
     ort_gemm_convs: Optional[bool] = None
     ptq_baseline: bool = False  # also quantize the FP32 model with ORT static PTQ (test/acc_ptq)
+    # per-layer report: validation accuracy with each quantized layer alone left float + its latency share
+    sensitivity: bool = False
+    sensitivity_images: Optional[int] = 2000  # validation images it evaluates on (None: all)
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
     calibration_batches: int = 8
     benchmark_resolutions: list[int] = field(default_factory=lambda: [224])
     latency_threads: int = 1
@@ -209,6 +226,10 @@ RANGES: dict[str, tuple[float, str]] = {
     "data.eval_batch_size": (1, "images per evaluation batch"),
     "data.num_workers": (0, "loader processes"),
     "data.max_train_samples": (1, "training images kept (null: all)"),
+    "quant.sensitivity_images": (1, "validation images the sensitivity report evaluates on"),
+    "quant.fallback.max_drop": (0, "the largest accuracy drop vs FP32 the fallback accepts"),
+    "quant.fallback.max_latency_pct": (0, "extra latency in % the fallback may spend"),
+    "quant.fallback.max_layers": (1, "layers the fallback may leave float"),
     "tracking.status_interval_s": (0, "seconds between status tags (0: at every update)"),
     "tracking.close_timeout_s": (0, "seconds to wait for the server at the end"),
     "tracking.batch_window_s": (0, "seconds metrics wait to share a request"),

@@ -20,6 +20,7 @@ from edgeqat.errors import EdgeqatError
 from edgeqat.lightning_modules import ClassifierModule
 from edgeqat.pipeline import JobContext, fit_and_test, make_trainer, run_recipe
 from edgeqat.pipeline.register import log_models
+from edgeqat.pipeline.sensitivity import analyse_layers
 from edgeqat.pipeline.verify import export_fp32, target_tags, verify
 from edgeqat.quant.isa import detect_cpu
 from edgeqat.quant.weight_format import resolve_weight_format
@@ -109,6 +110,8 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
         run.recorder.set_tags({"edgeqat.phase": "export"})
         fp32_onnx = export_fp32(ctx)
         int8 = run_recipe(ctx, fp32_onnx)
+        if int8 is not None:
+            int8 = analyse_layers(ctx, fp32_onnx, int8)  # quant.sensitivity / quant.fallback; else as is
         ctx.metrics.update(verify(ctx, fp32_onnx, int8))
         registered = log_models(ctx, fp32_onnx, int8)
     version = registered_version(run, registered)

@@ -70,12 +70,15 @@ class Int8Model:
     """An INT8 ONNX file and, when the recipe has a torch model, its logits on the test split.
 
     ``reference_logits``: what the file's integer operators compute exactly (the converted graph,
-    ``integer_reference``); ``fake_quant_logits``: the float fake-quant model QAT trained.
+    ``integer_reference``); ``fake_quant_logits``: the float fake-quant model QAT trained;
+    ``float_weights``: each quantized layer's unrounded weight, by node name, where a sensitivity
+    report or a fallback needs them (None: read them from the FP32 file, as for ORT's PTQ).
     """
 
     path: Path
     reference_logits: np.ndarray | None = None
     fake_quant_logits: np.ndarray | None = None
+    float_weights: dict[str, np.ndarray] | None = None
 
 
 Recipe = Callable[[JobContext, Path], Int8Model | None]
@@ -112,6 +115,7 @@ def fp32_only(ctx: JobContext, fp32_onnx: Path) -> None:
 @register_recipe("qat_int8")
 def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
     """Fake-quant fine-tuning of the FP32 weights, then convert and export the INT8 graph."""
+    from edgeqat.pipeline.sensitivity import qat_float_weights, wants_float_weights
     from edgeqat.quant import QATSchedule, convert, export_onnx, integer_reference_logits, prepare_qat
 
     q = ctx.cfg.quant
@@ -138,7 +142,10 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
     path = export_onnx(converted, ctx.example_input(), ctx.models_dir / "int8" / "model.onnx",
                        ort_gemm_convs=ctx.ort_gemm_convs, weights=ctx.weights)
     images = ctx.datamodule.split_arrays("test")[0]
-    return Int8Model(path, integer_reference_logits(converted, images), _torch_logits(prepared, images))
+    float_weights = None
+    if wants_float_weights(q):
+        float_weights = qat_float_weights(prepared, ctx.example_input(), ctx.weights)
+    return Int8Model(path, integer_reference_logits(converted, images), _torch_logits(prepared, images), float_weights)
 
 
 @register_recipe("ptq_int8")

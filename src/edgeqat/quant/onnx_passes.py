@@ -14,9 +14,10 @@ are a registry so a new rewrite is one decorated function. Applied by ``export_o
   Mul/Div/Add/Sub by constants or an inference BatchNormalization -> one Conv (the float RGB stem
   keeps QAT's simulated BN fold ``conv(x, W*f) / f -> BN``; ORT fuses Conv+BN but not the Div);
 * ``keep_float_convs_float``: a Conv/Gemm with float weights (a module left float) reading a per-tensor
-  DequantizeLinear gets its own per-channel copy of that DequantizeLinear, same values. Otherwise
-  ORT's ``WeightBiasQuantization`` quantizes its weights to per-tensor int8 when a QuantizeLinear
-  follows, and the artifact no longer computes what the torch model does;
+  DequantizeLinear gets its own per-channel copy of that DequantizeLinear, same values (one reading
+  a single channel, a grey-image stem, reads ``[x, 0 * x]`` instead: one channel is per-tensor to
+  ORT). Otherwise ORT's ``WeightBiasQuantization`` quantizes its weights to per-tensor int8 when a
+  QuantizeLinear follows, and the artifact no longer computes what the torch model does;
 * ``reduce_mean_to_global_avg_pool``: ``ReduceMean(axes=[2, 3], keepdims=1)`` on a 4-D tensor ->
   ``GlobalAveragePool`` (ORT has QLinearGlobalAveragePool, not an int8 ReduceMean);
 * ``strip_debug_metadata``: the dynamo exporter stores stack traces and FX node text per node;
@@ -355,6 +356,10 @@ def _keep_float_convs_float(model: onnx.ModelProto) -> int:
         if scale is None or zero_point is None or scale.size != 1 or channels is None:
             continue
         prefix = f"{node.name or node.op_type}_float_input{changed}"
+        if channels == 1 and node.op_type == "Conv" and _attr(node, "group", 1) == 1:
+            _widen_single_channel_input(graph, consts, node, weight, prefix)
+            changed += 1
+            continue
         consts.add(f"{prefix}_scale", np.full(channels, scale.reshape(-1)[0], scale.dtype))
         consts.add(f"{prefix}_zero_point", np.full(channels, zero_point.reshape(-1)[0], zero_point.dtype))
         per_channel = helper.make_node("DequantizeLinear", [dq.input[0], f"{prefix}_scale", f"{prefix}_zero_point"],
@@ -363,6 +368,23 @@ def _keep_float_convs_float(model: onnx.ModelProto) -> int:
         graph.node.insert(list(graph.node).index(node), per_channel)
         changed += 1
     return changed
+
+
+def _widen_single_channel_input(graph: onnx.GraphProto, consts: _Constants, node: onnx.NodeProto,
+                                weight: np.ndarray, prefix: str) -> None:
+    """A float conv on one input channel (a grey-image stem) reads ``[x, 0 * x]`` with a zero weight slice.
+
+    A per-channel DequantizeLinear of one channel is per-tensor to ORT, which would quantize the
+    weights again; a Concat is no DequantizeLinear. Same outputs: the second channel is zero.
+    """
+    consts.add(f"{prefix}_zero", np.zeros((), np.float32))
+    consts.add(f"{prefix}_weight", np.concatenate([weight, np.zeros_like(weight)], axis=1))
+    zeros = helper.make_node("Mul", [node.input[0], f"{prefix}_zero"], [f"{prefix}_zeros"], name=f"{prefix}_zeros")
+    widened = helper.make_node("Concat", [node.input[0], f"{prefix}_zeros"], [prefix], name=f"{prefix}_concat", axis=1)
+    node.input[0], node.input[1] = prefix, f"{prefix}_weight"
+    at = list(graph.node).index(node)
+    graph.node.insert(at, widened)
+    graph.node.insert(at, zeros)
 
 
 def _rank(model: onnx.ModelProto, name: str) -> int | None:

@@ -156,3 +156,30 @@ def test_any_timm_model_trains_and_verifies_by_name_alone(compose, tracking_uri:
     assert run.info.status == "FINISHED" and run.data.params["model.name"] == name
     assert m["int8/qlinearconv"] > 0 and m["int8/float_conv"] == 0
     assert m["int8/top1_agreement"] >= 0.99 and m["int8/max_step_drift"] <= 1.001
+
+
+@pytest.mark.slow
+def test_sensitivity_and_fallback_are_logged_and_the_fallback_file_is_the_int8_model(compose, tracking_uri: str) -> None:
+    """QAT's own trained weights reach the report (an extra unfolded export); a fallback that keeps a
+    layer float hands that file to verify, where ORT runs exactly that conv in float."""
+    cfg = compose(*TINY_QAT, "quant=qat_int8", "quant.sensitivity=true", "quant.fallback.max_drop=0",
+                  "quant.fallback.max_layers=1")
+    result = train(cfg)
+    run = _run(tracking_uri, result.run_id)
+    m = run.data.metrics
+    assert run.info.status == "FINISHED"
+    report = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/sensitivity.json")
+    assert len(report["layers"]) == m["sensitivity/layers"] == 16  # test_resnet: 15 convs and the classifier
+    assert all(row["float_kernels"] == report["base_float_kernels"] + 1 for row in report["layers"])
+    assert {"sensitivity.json", "sensitivity_table.json", "sensitivity.png", "fallback.json"} <= {
+        Path(p).name for p in _artifacts(tracking_uri, result.run_id, "int8")}
+    fallback = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/fallback.json")
+    assert m["fallback/layers"] == len(fallback["chosen"]) <= 1
+    assert m["fallback/val_acc_after"] >= m["fallback/val_acc_before"]
+    if fallback["chosen"]:  # the artifact computes that layer in float; the one before it is kept
+        assert m["int8/float_conv"] == 1 and fallback["chosen"] == [report["layers"][0]["layer"]]
+        assert _artifacts(tracking_uri, result.run_id, "int8_before_fallback")
+        assert "int8/top1_agreement" not in m  # torch's integer reference no longer describes the file
+    else:  # already within the target on the validation split: nothing to keep float
+        assert m["fallback/met"] == 1 and m["int8/float_conv"] == 0
+    assert run.data.tags["edgeqat.fallback"].startswith(f"{len(fallback['chosen'])} layer(s) float")

@@ -11,6 +11,7 @@ from onnx import numpy_helper
 
 from edgeqat.quant import convert, export_onnx, inspect_ort_graph, ptq_onnx, run_onnx
 from edgeqat.quant.errors import QuantizationError
+from edgeqat.quant.fallback import FallbackBudget, choose_fallback
 from edgeqat.quant.sensitivity import float_weights_of, layer_sensitivity, leave_float, quantized_layers
 from tests.unit.quant.tiny import synthetic_batch
 
@@ -67,32 +68,87 @@ def test_leave_float_runs_that_layer_in_float_and_nothing_else(artifacts, qat_fl
         leave_float(model, [layer], {layer: np.zeros((1, 1), np.float32)})
 
 
-def test_sensitivity_finds_the_layer_made_hard_to_quantize(artifacts, tmp_path: Path) -> None:
-    """ORT's PTQ of the FP32 file, then one conv's int8 weights shuffled within each output channel (a
-    layer whose rounding destroys it, in the extreme; this tiny net shrugs off even 2-bit weights):
-    that layer tops the report, and leaving it float brings the accuracy back."""
-    a = artifacts["test_resnet"]
-    calibration = [a.images[i:i + 32] for i in range(0, 128, 32)]
-    ptq = onnx.load(str(ptq_onnx(a.fp32_onnx, calibration, tmp_path / "ptq.onnx")))
-    images, labels = a.images[128:], a.labels[128:]
-    ptq_accuracy = float((run_onnx(tmp_path / "ptq.onnx", images).argmax(1) == labels).mean())
+def test_a_grey_stem_left_float_stays_float(tmp_path: Path) -> None:
+    """One input channel (MNIST, Fashion-MNIST): a per-channel DequantizeLinear of one channel is
+    per-tensor to ORT, which would quantize the float weights back (``keep_float_convs_float``)."""
+    import timm
+    import torch
 
+    from edgeqat.quant import freeze_bn_stats, freeze_observers, prepare_qat
+
+    torch.manual_seed(0)
+    grey = synthetic_batch(48, seed=3)[0].mean(1, keepdim=True)
+    prepared = prepare_qat(timm.create_model("test_resnet", num_classes=4, in_chans=1, zero_init_last=False).eval(),
+                           grey[:2])
+    prepared.train()
+    for i in range(3):
+        prepared(grey[16 * i:16 * i + 16])
+    freeze_observers(prepared)
+    freeze_bn_stats(prepared)
+    path = export_onnx(convert(prepared), grey[:1], tmp_path / "grey.onnx")
+    float_weights: dict[str, np.ndarray] = {}
+    export_onnx(convert(prepared, fold_weights=False), grey[:1], tmp_path / "unfolded.onnx", float_weights=float_weights)
+    model = onnx.load(str(path))
+    stem = quantized_layers(model)[0]
+    onnx.save(leave_float(model, [stem], float_weights), str(tmp_path / "stem_float.onnx"))
+    report = inspect_ort_graph(tmp_path / "stem_float.onnx")
+    assert report.count("Conv") + report.count("FusedConv") + report.count("NchwcConv") == 1
+    assert report.count("QLinearConv") == inspect_ort_graph(path).count("QLinearConv") - 1
+
+
+@pytest.fixture(scope="module")
+def damaged_ptq(artifacts, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """ORT's PTQ of the FP32 file, then one conv's int8 weights shuffled within each output channel (a
+    layer whose rounding destroys it, in the extreme; this tiny net shrugs off even 2-bit weights)."""
+    a = artifacts["test_resnet"]
+    tmp = tmp_path_factory.mktemp("damaged")
+    calibration = [a.images[i:i + 32] for i in range(0, 128, 32)]
+    ptq = onnx.load(str(ptq_onnx(a.fp32_onnx, calibration, tmp / "ptq.onnx")))
+    images, labels = a.images[128:], a.labels[128:]
     layers = quantized_layers(ptq)
-    hard = layers[1]
-    weight = _weight_initializer(ptq, hard)
+    weight = _weight_initializer(ptq, layers[1])
     ints = numpy_helper.to_array(weight).reshape(weight.dims[0], -1).copy()
     rng = np.random.default_rng(0)
     for row in ints:
         rng.shuffle(row)
     weight.CopyFrom(numpy_helper.from_array(ints.reshape(tuple(weight.dims)), weight.name))
-    damaged = tmp_path / "damaged.onnx"
-    onnx.save(ptq, str(damaged))
+    onnx.save(ptq, str(tmp / "damaged.onnx"))
+    return {"path": tmp / "damaged.onnx", "hard": layers[1], "layers": layers, "images": images, "labels": labels,
+            "ptq_accuracy": float((run_onnx(tmp / "ptq.onnx", images).argmax(1) == labels).mean()),
+            "float_weights": float_weights_of(onnx.load(str(a.fp32_onnx)))}
 
-    report = layer_sensitivity(damaged, float_weights_of(onnx.load(str(a.fp32_onnx))), images, labels,
-                               layers=layers[:5], profile_runs=5)
-    assert report.int8_accuracy < ptq_accuracy - 0.2, "the damaged layer must hurt for the test to mean anything"
+
+def test_sensitivity_finds_the_layer_made_hard_to_quantize(damaged_ptq) -> None:
+    """The damaged layer tops the report, and leaving it float brings the accuracy back."""
+    d = damaged_ptq
+    report = layer_sensitivity(d["path"], d["float_weights"], d["images"], d["labels"], layers=d["layers"][:5],
+                               profile_runs=5)
+    assert report.int8_accuracy < d["ptq_accuracy"] - 0.2, "the damaged layer must hurt for the test to mean anything"
     top, rest = report.layers[0], report.layers[1:]
-    assert top.layer == hard and top.recovered > 0.2 and top.accuracy >= ptq_accuracy - 0.03
+    assert top.layer == d["hard"] and top.recovered > 0.2 and top.accuracy >= d["ptq_accuracy"] - 0.03
     assert len(rest) == 4 and all(row.recovered < 0.05 for row in rest)
     assert all(row.float_kernels == report.base_float_kernels + 1 for row in report.layers)
     assert all(0 < row.latency_share < 1 for row in report.layers)
+
+
+def test_the_fallback_meets_its_target_within_budget_and_says_why(damaged_ptq, tmp_path: Path) -> None:
+    d = damaged_ptq
+    report = layer_sensitivity(d["path"], d["float_weights"], d["images"], d["labels"], layers=d["layers"][:5],
+                               profile_runs=0)
+    fp32_accuracy = d["ptq_accuracy"]  # a target the damaged file misses by > 20 pt
+    timing = {"iters": 5, "warmup": 1}
+
+    met = choose_fallback(d["path"], d["float_weights"], report, d["images"], d["labels"], fp32_accuracy,
+                          FallbackBudget(max_drop=0.03), tmp_path / "fallback.onnx", latency=timing)
+    assert met.met and met.chosen == [d["hard"]] and met.accuracy_after >= fp32_accuracy - 0.03
+    assert met.decisions[0]["action"] == "float" and "recovers" in met.decisions[0]["reason"]
+    out = inspect_ort_graph(tmp_path / "fallback.onnx")
+    assert out.count("Conv") + out.count("FusedConv") + out.count("NchwcConv") == 1  # the artifact computes it in float
+    assert float((run_onnx(tmp_path / "fallback.onnx", d["images"]).argmax(1) == d["labels"]).mean()) == met.accuracy_after
+
+    no_layers = choose_fallback(d["path"], d["float_weights"], report, d["images"], d["labels"], fp32_accuracy,
+                                FallbackBudget(max_drop=0.03, max_layers=0), tmp_path / "none.onnx", latency=timing)
+    assert not no_layers.met and no_layers.chosen == [] and "max_layers=0 reached" in no_layers.decisions[0]["reason"]
+    no_time = choose_fallback(d["path"], d["float_weights"], report, d["images"], d["labels"], fp32_accuracy,
+                              FallbackBudget(max_drop=0.03, max_latency_pct=-50), tmp_path / "fast.onnx", latency=timing)
+    assert not no_time.met and no_time.decisions[0]["action"] == "skipped" and "max_latency_pct" in no_time.decisions[0]["reason"]
