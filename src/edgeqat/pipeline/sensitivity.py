@@ -56,7 +56,7 @@ def analyse_layers(ctx: JobContext, fp32_onnx: Path, int8: Int8Model) -> Int8Mod
     fp32_accuracy = float((run_onnx(fp32_onnx, images).argmax(1) == labels).mean())
 
     def progress(done: int, total: int) -> None:
-        rec.set_tags({"edgeqat.progress": f"sensitivity {done}/{total} layers"})
+        rec.set_tags({"edgeqat.sensitivity_progress": f"{done}/{total} layers"})
 
     report = layer_sensitivity(int8.path, float_weights, images, labels, fp32_accuracy=fp32_accuracy, progress=progress)
     rec.log_dict(report.to_dict(), "int8/sensitivity.json")
