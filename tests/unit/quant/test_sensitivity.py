@@ -68,6 +68,7 @@ def test_leave_float_runs_that_layer_in_float_and_nothing_else(artifacts, qat_fl
         leave_float(model, [layer], {layer: np.zeros((1, 1), np.float32)})
 
 
+@pytest.mark.slow
 def test_a_grey_stem_left_float_stays_float(tmp_path: Path) -> None:
     """One input channel (MNIST, Fashion-MNIST): a per-channel DequantizeLinear of one channel is
     per-tensor to ORT, which would quantize the float weights back (``keep_float_convs_float``)."""
