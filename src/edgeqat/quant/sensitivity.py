@@ -73,7 +73,7 @@ def leave_float(model: onnx.ModelProto, layers: Sequence[str], float_weights: Ma
     graph = out.graph
     nodes = {node.name: node for node in graph.node}
     quantized = set(quantized_layers(out))
-    shapes = _constant_shapes(out)
+    shapes = {init.name: tuple(init.dims) for init in graph.initializer}
     for name in layers:
         if name not in quantized:
             raise QuantizationError(f"{name!r} is not a quantized conv/gemm of this file; "
@@ -171,10 +171,6 @@ def layer_sensitivity(
                 progress(i + 1, len(layers))
     report.layers.sort(key=lambda row: (-row.recovered, row.latency_share or 0.0))
     return report
-
-
-def _constant_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    return {init.name: tuple(init.dims) for init in model.graph.initializer}
 
 
 def _float_kernels(path: str | Path) -> int:
