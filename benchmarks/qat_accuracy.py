@@ -23,6 +23,7 @@ exactly (results in ``results/weight_range_accuracy.json``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -130,23 +131,27 @@ def main() -> None:
     parser.add_argument("--weight-ranges", nargs="+", default=None,
                         help="quantize one FP32 model per seed once per quant.weight_range (e.g. int8 int7)")
     parser.add_argument("--out", default=None, help="default: results/qat_accuracy.json (or weight_range_accuracy.json)")
+    parser.add_argument("--store", default=None,
+                        help="keep the runs' MLflow store here (default: a temporary folder, removed at the end); "
+                             "--fallback reads the FP32 checkpoints from it")
     args = parser.parse_args()
     if args.weight_ranges:
         return main_weight_ranges(args)
     args.out = args.out or str(Path(__file__).parent / "results" / "qat_accuracy.json")
     runs, rows = [], []
-    with tempfile.TemporaryDirectory() as tmp:
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with _store(args.store) as store:
         for model in args.models:
             model_runs = []
             for seed in args.seeds:
-                model_runs.append(run_model(model, seed, args.extra.split(), Path(tmp)))
+                model_runs.append(run_model(model, seed, args.extra.split(), store))
                 print(json.dumps(model_runs[-1]), flush=True)
             runs += model_runs
             rows.append(summarize(model, model_runs))
-    result = {"machine": machine_facts(),
-              "config": "experiment=compare data=mnist5k (defaults) " + args.extra, "rows": rows, "runs": runs}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+            # Written after every model: a long benchmark stopped half way keeps what it measured.
+            Path(args.out).write_text(json.dumps({"machine": machine_facts(), "store": args.store,
+                                                  "config": "experiment=compare " + (args.extra or "data=mnist5k (default)"),
+                                                  "rows": rows, "runs": runs}, indent=1))
     print(f"Means over seeds {args.seeds}; QAT - PTQ per seed in accuracy points.")
     print("| model | FP32 | INT8 (ORT) | PTQ (ORT) | drop | QAT - PTQ | min agreement | size ratio | checks |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -159,6 +164,17 @@ def main() -> None:
         print(f"| {r['model']} | {r['test/acc_fp32_mean']:.4f} | {r['test/acc_int8_mean']:.4f} | "
               f"{r['test/acc_ptq_mean']:.4f} | {r['int8/acc_drop_mean']:+.4f} | {per_seed} | "
               f"{r['agreement_min']:.4f} | {r['size_ratio']:.3f} | {ok} |")
+
+
+@contextlib.contextmanager
+def _store(path: str | None):
+    """The benchmark's MLflow store: ``path`` kept (created if needed), or a temporary folder."""
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path).resolve()
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
 
 
 def main_weight_ranges(args: argparse.Namespace) -> None:

@@ -1,4 +1,4 @@
-"""The ``edgeqat`` command: train, models, stack, data, demo, sync, promote, deploy, agent."""
+"""The ``edgeqat`` command: train, models, sensitivity, stack, data, demo, sync, promote, deploy, agent."""
 
 from __future__ import annotations
 
@@ -48,6 +48,30 @@ def _sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sensitivity(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    # a report on stdout, errors as one line: not MLflow's store set-up INFO lines and download bars
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # after the import, which sets it up
+
+    from edgeqat.pipeline.run_sensitivity import sensitivity_of_run
+    from edgeqat.tracking import resolve_tracking_uri
+
+    client = MlflowClient(resolve_tracking_uri(args.tracking_uri))
+    report = sensitivity_of_run(client, args.run_id, scope=args.scope, images=args.images)
+    print(f"run {args.run_id}: INT8 {report.int8_accuracy:.4f} on {report.n_images} validation images; "
+          f"most recovered left float ({report.scope}):")
+    for row in report.layers[:args.top]:
+        share = "" if row.latency_share is None else f", {row.latency_share * 100:.1f} % of the time"
+        print(f"  {row.layer} ({row.op}): {row.accuracy:.4f} ({row.recovered * 100:+.2f} pt{share})")
+    print("logged: int8/sensitivity.json, int8/sensitivity_table.json, int8/sensitivity.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeqat", description="Any CNN backbone to a verified INT8 edge model, "
                                      "every step tracked in MLflow.")
@@ -80,11 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("agent", help="the device agent: edgeqat agent --target NAME | edgeqat agent predict IMAGE...",
                    add_help=False)
 
+    sens = sub.add_parser("sensitivity", help="per-layer INT8 sensitivity of a finished run, logged into it")
+    sens.add_argument("run_id", help="a run trained with quant=qat_int8 or quant=ptq_int8")
+    sens.add_argument("--scope", choices=["weights", "layer"], default=None,
+                      help="left float: the weights, or the input activation too (default: the run's quant.float_scope)")
+    sens.add_argument("--images", type=_positive, default=None,
+                      help="validation images (default: the run's quant.sensitivity_images)")
+    sens.add_argument("--top", type=_positive, default=10, help="rows printed (all are logged)")
+    sens.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    sens.set_defaults(func=_sensitivity)
+
     sync = sub.add_parser("sync", help="upload a run spooled while the tracking server was unreachable")
     sync.add_argument("spool", help="the spool directory the job printed (outputs/spool/<run_id>)")
     sync.add_argument("--tracking-uri", help="server to upload to (default: the one the run was logging to)")
     sync.set_defaults(func=_sync)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a count, at least 1")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -103,6 +103,9 @@ class QuantConfig:
     # per-layer report: validation accuracy with each quantized layer alone left float + its latency share
     sensitivity: bool = False
     sensitivity_images: Optional[int] = 2000  # validation images it evaluates on (None: all)
+    # what "left float" keeps float in the report and the fallback (quant/sensitivity.py): weights (the
+    # layer's weights unrounded, its input still uint8) or layer (its input activation unrounded too)
+    float_scope: str = "weights"
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     calibration_batches: int = 8
     benchmark_resolutions: list[int] = field(default_factory=lambda: [224])
@@ -237,13 +240,23 @@ RANGES: dict[str, tuple[float, str]] = {
 }
 
 
+# key -> the values it takes: strings the schema cannot enumerate without importing what defines them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "quant.float_scope": ("weights", "layer"),  # edgeqat.quant.sensitivity.SCOPES
+}
+
+
 def check_ranges(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first value out of its range (:data:`RANGES`)."""
+    """Raise ConfigError naming the first value out of its range (:data:`RANGES`, :data:`CHOICES`)."""
     for key, (low, meaning) in RANGES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and value < low:
             shown = int(low) if float(low).is_integer() else low
             raise ConfigError(f"{key}={value} is out of range: {meaning}, at least {shown}")
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value}: use one of {', '.join(choices)}")
     if cfg.quant.distill_weight > 1:
         raise ConfigError(f"quant.distill_weight={cfg.quant.distill_weight}: a share of the loss, 0 to 1")
     small = [r for r in cfg.quant.benchmark_resolutions if r < 8]

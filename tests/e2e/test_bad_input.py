@@ -1,6 +1,6 @@
 """Every entry point answers bad input the same way: exit 2, one line on stderr naming the fix, no traceback.
 
-One table across ``train``, ``stack``, ``data publish``, ``sync``, ``promote``, ``deploy`` and ``agent``:
+One table across ``train``, ``sensitivity``, ``stack``, ``data publish``, ``sync``, ``promote``, ``deploy`` and ``agent``:
 numbers out of range, wrong types, unknown groups and keys, missing and corrupt files, servers that
 are not there. Each case runs the real command in a subprocess against a throw-away SQLite store,
 so none of them can leave a run RUNNING on a server.
@@ -49,6 +49,8 @@ CASES = {
     "Fashion-MNIST not installed": (["train", "data=fashion_mnist", "data.root={tmp}/empty"],
                                     "apt-get install dataset-fashion-mnist"),
     "zero training samples": (["train", "data.max_train_samples=0"], "data.max_train_samples=0 is out of range"),
+    "unknown float scope": (["train", "quant.float_scope=activations"], "quant.float_scope=activations: use one of"),
+    "sensitivity of no such run": (["sensitivity", "0123456789abcdef"], "no run '0123456789abcdef'"),
     # the other entry points
     "stack port out of range": (["stack", "up", "--mlflow-port", "70000", "--home", "{tmp}/h"], "out of range"),
     "sync of a non-spool": (["sync", "{tmp}"], "is not an edgeqat spool"),

@@ -4,11 +4,12 @@ Both run on the validation split: the layers are chosen there, the test split th
 result like any other INT8 file (``verify``). Logged:
 
 * ``int8/sensitivity.json`` (every row), ``int8/sensitivity_table.json`` (the UI's table) and
-  ``int8/sensitivity.png``: accuracy recovered vs share of the INT8 latency, per layer;
+  ``int8/sensitivity.png``: accuracy recovered vs share of the INT8 latency, per layer (the same as
+  ``edgeqat sensitivity RUN_ID`` logs into a finished run: ``run_sensitivity.py``);
 * with a fallback, ``int8/fallback.json`` (chosen set, every decision and its reason), the
-  ``fallback/*`` metrics (validation accuracy and batch-1 latency before and after) and the INT8
-  file before the fallback as ``int8_before_fallback/model.onnx``. The file the fallback writes is
-  the run's INT8 model from then on.
+  ``fallback/*`` metrics (validation accuracy and batch-1 latency before and after) and, when it
+  left a layer float, the INT8 file before it as ``int8_before_fallback/model.onnx``. The file the
+  fallback writes is the run's INT8 model from then on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from omegaconf import DictConfig
 
 from edgeqat.pipeline.recipes import Int8Model, JobContext
 
-__all__ = ["analyse_layers", "qat_float_weights", "wants_float_weights"]
+__all__ = ["analyse_layers", "log_report", "qat_float_weights", "wants_float_weights"]
 
 
 def wants_float_weights(quant: DictConfig) -> bool:
@@ -58,20 +59,29 @@ def analyse_layers(ctx: JobContext, fp32_onnx: Path, int8: Int8Model) -> Int8Mod
     def progress(done: int, total: int) -> None:
         rec.set_tags({"edgeqat.sensitivity_progress": f"{done}/{total} layers"})
 
-    report = layer_sensitivity(int8.path, float_weights, images, labels, fp32_accuracy=fp32_accuracy, progress=progress)
-    rec.log_dict(report.to_dict(), "int8/sensitivity.json")
-    rec.log_table(_table(report), "int8/sensitivity_table.json")
-    rec.log_figure(_figure(report), "int8/sensitivity.png")
-    metrics = {"sensitivity/val_acc_fp32": fp32_accuracy, "sensitivity/val_acc_int8": report.int8_accuracy,
-               "sensitivity/layers": float(len(report.layers))}
-    if report.layers:
-        metrics["sensitivity/top_recovered"] = report.layers[0].recovered
-        rec.set_tags({"edgeqat.sensitivity_top": f"{report.layers[0].layer} ({report.layers[0].recovered * 100:+.2f} pt)"})
-    rec.log_metrics(metrics)
-    ctx.metrics.update(metrics)
+    report = layer_sensitivity(int8.path, float_weights, images, labels, fp32_accuracy=fp32_accuracy, progress=progress,
+                               scope=q.float_scope)
+    ctx.metrics.update(log_report(rec, report))
     if q.fallback.max_drop is None:
         return int8
     return _fallback(ctx, int8, float_weights, report, images, labels, fp32_accuracy)
+
+
+def log_report(rec, report) -> dict[str, float]:
+    """The report into the run: JSON, the UI's table, the figure, ``sensitivity/*`` metrics, the top layer."""
+    rec.log_dict(report.to_dict(), "int8/sensitivity.json")
+    rec.log_table(_table(report), "int8/sensitivity_table.json")
+    rec.log_figure(_figure(report), "int8/sensitivity.png")
+    metrics = {"sensitivity/val_acc_int8": report.int8_accuracy, "sensitivity/layers": float(len(report.layers))}
+    if report.fp32_accuracy is not None:
+        metrics["sensitivity/val_acc_fp32"] = report.fp32_accuracy
+    tags = {"edgeqat.sensitivity_scope": report.scope}
+    if report.layers:
+        metrics["sensitivity/top_recovered"] = report.layers[0].recovered
+        tags["edgeqat.sensitivity_top"] = f"{report.layers[0].layer} ({report.layers[0].recovered * 100:+.2f} pt)"
+    rec.log_metrics(metrics)
+    rec.set_tags(tags)
+    return metrics
 
 
 def _fallback(ctx: JobContext, int8: Int8Model, float_weights, report, images, labels, fp32_accuracy) -> Int8Model:
@@ -85,7 +95,6 @@ def _fallback(ctx: JobContext, int8: Int8Model, float_weights, report, images, l
                              FallbackBudget(f.max_drop, f.max_latency_pct, f.max_layers), out,
                              latency={"threads": q.latency_threads, "iters": q.latency_iters})
     rec.log_dict(result.to_dict(), "int8/fallback.json")
-    rec.log_artifact(int8.path, "int8_before_fallback", copy=False)
     metrics = {"fallback/val_acc_before": result.accuracy_before, "fallback/val_acc_after": result.accuracy_after,
                "fallback/latency_ms_before": result.latency_ms_before, "fallback/latency_ms_after": result.latency_ms_after,
                "fallback/extra_latency_pct": result.extra_latency_pct, "fallback/layers": float(len(result.chosen)),
@@ -98,6 +107,7 @@ def _fallback(ctx: JobContext, int8: Int8Model, float_weights, report, images, l
                                       f"latency {result.extra_latency_pct:+.1f} %)"})
     if not result.chosen:
         return int8
+    rec.log_artifact(int8.path, "int8_before_fallback", copy=False)
     # The file now computes those layers in float: torch's integer reference no longer describes it.
     return Int8Model(out)
 

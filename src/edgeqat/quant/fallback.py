@@ -106,7 +106,7 @@ def choose_fallback(
                 result.decisions.append({"layer": row.layer, "action": "stopped",
                                          "reason": f"quant.fallback.max_layers={budget.max_layers} reached"})
                 break
-            candidate = leave_float(model, [*result.chosen, row.layer], float_weights)
+            candidate = leave_float(model, [*result.chosen, row.layer], float_weights, report.scope)
             onnx.save(candidate, str(candidate_path))
             ms = measure_latency_ms(candidate_path, shape, **timing)
             extra = (ms / base_ms - 1) * 100

@@ -6,13 +6,24 @@ costs to keep them float. Both are answered on the exported file, in the runtime
 
 * :func:`leave_float` writes a copy of the file in which the named convs/gemms compute in float with
   their weights *before rounding* (the trained ones: from ``export_onnx(..., float_weights=...)`` for
-  QAT, from the FP32 file for ORT's PTQ, :func:`float_weights_of`). Their inputs keep their
-  producer's DequantizeLinear and their outputs their QuantizeLinear, exactly what a module in
-  ``quant.float_modules`` exports: the neighbours stay integer, so a row measures that layer alone.
+  QAT, from the FP32 file for ORT's PTQ, :func:`float_weights_of`). What else stays float is the
+  :data:`SCOPES` choice (``quant.float_scope``):
+
+  - ``weights``: only the weights. The layer's input keeps its producer's DequantizeLinear and its
+    output its QuantizeLinear, exactly what a module in ``quant.float_modules`` exports: the
+    neighbours stay integer, so a row measures that layer's weight rounding alone.
+  - ``layer``: the weights and the input activation. The layer reads the float tensor its input was
+    quantized from, clipped to the quantized range, so the uint8 rounding of that activation is
+    gone too. Where that tensor is a conv's output, ORT can no longer fuse that conv's
+    requantization and runs it in float as well (int8 weights and input, float output): the row
+    then measures one activation's rounding more, which is what makes a depthwise net lose
+    accuracy, and costs that much more latency.
+
   ``keep_float_convs_float`` stops ORT from quantizing the float weights back.
 * :func:`layer_sensitivity` evaluates one such file per layer on a labelled split and reads each
-  layer's share of the INT8 file's kernel time from ORT's profiler; every row's file is checked to
-  run exactly one more float conv/gemm in ORT's optimized graph than the INT8 file does.
+  layer's share of the INT8 file's kernel time from ORT's profiler; every row's file is checked in
+  ORT's optimized graph to run exactly one more float conv/gemm than the INT8 file (``weights``), or
+  at least one more (``layer``).
 """
 
 from __future__ import annotations
@@ -33,8 +44,10 @@ from onnx import numpy_helper
 from edgeqat.quant.errors import QuantizationError
 from edgeqat.quant.onnx_passes import apply_onnx_passes
 
-__all__ = ["LayerSensitivity", "SensitivityReport", "float_weights_of", "layer_sensitivity", "leave_float",
+__all__ = ["SCOPES", "LayerSensitivity", "SensitivityReport", "float_weights_of", "layer_sensitivity", "leave_float",
            "quantized_layers"]
+
+SCOPES = ("weights", "layer")  # what leaving a layer float keeps float (module docstring)
 
 _LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _FLOAT_KERNELS = ("Conv", "FusedConv", "NchwcConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
@@ -62,16 +75,23 @@ def float_weights_of(fp32: onnx.ModelProto) -> dict[str, np.ndarray]:
             if node.op_type in _LAYER_OPS and len(node.input) > 1 and node.input[1] in constants}
 
 
-def leave_float(model: onnx.ModelProto, layers: Sequence[str], float_weights: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+def leave_float(model: onnx.ModelProto, layers: Sequence[str], float_weights: Mapping[str, np.ndarray],
+                scope: str = "weights") -> onnx.ModelProto:
     """A copy of ``model`` in which each of ``layers`` computes in float with its unrounded weight.
+
+    ``scope="layer"`` also feeds each layer the float tensor its input was quantized from (clipped to
+    the quantized range, not rounded).
 
     Raises:
         QuantizationError: a layer is not a quantized conv/gemm of ``model``, or has no float weight
-            of its weight's shape.
+            of its weight's shape; an unknown ``scope``.
     """
+    if scope not in SCOPES:
+        raise QuantizationError(f"float scope {scope!r}: use one of {', '.join(SCOPES)}")
     out = copy.deepcopy(model)
     graph = out.graph
     nodes = {node.name: node for node in graph.node}
+    producers = {output: node for node in graph.node for output in node.output}
     quantized = set(quantized_layers(out))
     shapes = {init.name: tuple(init.dims) for init in graph.initializer}
     for name in layers:
@@ -86,8 +106,35 @@ def leave_float(model: onnx.ModelProto, layers: Sequence[str], float_weights: Ma
         initializer = numpy_helper.from_array(np.asarray(weight, np.float32), f"{name}_float_weight")
         graph.initializer.append(initializer)
         nodes[name].input[1] = initializer.name
+        if scope == "layer":
+            _read_unrounded(graph, nodes[name], producers)
     apply_onnx_passes(out, ["keep_float_convs_float", "prune_unused"])
     return out
+
+
+def _read_unrounded(graph: onnx.GraphProto, node: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto]) -> None:
+    """Feed ``node`` the float tensor its input is a QuantizeLinear -> DequantizeLinear of, clipped to
+    that pair's range: the rounding goes, the clamp stays (ORT's quantizer folds a ReLU into it, so the
+    raw tensor is the conv's output *before* the ReLU). An input not so rounded is left as it is."""
+    dq = producers.get(node.input[0])
+    q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    if q is None or q.op_type != "QuantizeLinear":
+        return
+    constants = {init.name: init for init in graph.initializer}
+    scale = numpy_helper.to_array(constants[dq.input[1]]).astype(np.float64)
+    zero_point = numpy_helper.to_array(constants[dq.input[2]]) if len(dq.input) > 2 else np.zeros((), np.uint8)
+    if scale.size != 1:
+        raise QuantizationError(f"{node.name!r} reads a per-channel quantized activation; leave it float with "
+                                "scope weights")
+    info = np.iinfo(zero_point.dtype)
+    bounds = (float((info.min - int(zero_point.ravel()[0])) * scale.ravel()[0]),
+              float((info.max - int(zero_point.ravel()[0])) * scale.ravel()[0]))
+    prefix = f"{node.name}_unrounded_input"
+    for end, value in zip(("min", "max"), bounds):
+        graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), f"{prefix}_{end}"))
+    clip = onnx.helper.make_node("Clip", [q.input[0], f"{prefix}_min", f"{prefix}_max"], [prefix], name=f"{prefix}_clip")
+    graph.node.insert(list(graph.node).index(node), clip)
+    node.input[0] = prefix
 
 
 @dataclass
@@ -111,6 +158,7 @@ class SensitivityReport:
     base_float_kernels: int  # float conv/gemm kernels ORT runs for the INT8 file itself
     layers: list[LayerSensitivity] = field(default_factory=list)
     fp32_accuracy: float | None = None
+    scope: str = "weights"  # what each row left float (SCOPES)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +178,7 @@ def layer_sensitivity(
     layers: Sequence[str] | None = None,
     profile_runs: int = 20,
     progress: Callable[[int, int], None] | None = None,
+    scope: str = "weights",
 ) -> SensitivityReport:
     """Accuracy on ``images`` with each layer alone left float, and each layer's latency share.
 
@@ -142,9 +191,11 @@ def layer_sensitivity(
         layers: which layers (default: every quantized one).
         profile_runs: batch-1 runs profiled for the latency shares (0: no shares).
         progress: called with (done, total) after each layer.
+        scope: what each row leaves float (:data:`SCOPES`).
 
     Raises:
-        QuantizationError: a row's file does not run exactly one more float conv/gemm in ORT.
+        QuantizationError: a row's file does not run one more float conv/gemm in ORT (``weights``:
+            exactly one more).
     """
     from edgeqat.quant.verify import run_onnx
 
@@ -155,15 +206,17 @@ def layer_sensitivity(
     base_accuracy = float((run_onnx(int8_path, images).argmax(1) == labels).mean())
     base_kernels = _float_kernels(int8_path)
     shares = _latency_shares(int8_path, images[:1], profile_runs) if profile_runs > 0 else {}
-    report = SensitivityReport(base_accuracy, len(labels), base_kernels, fp32_accuracy=fp32_accuracy)
+    report = SensitivityReport(base_accuracy, len(labels), base_kernels, fp32_accuracy=fp32_accuracy, scope=scope)
     with tempfile.TemporaryDirectory() as tmp:
         for i, layer in enumerate(layers):
             path = Path(tmp) / "variant.onnx"
-            onnx.save(leave_float(model, [layer], float_weights), str(path))
+            onnx.save(leave_float(model, [layer], float_weights, scope), str(path))
             kernels = _float_kernels(path)
-            if kernels != base_kernels + 1:
+            # ORT renames what it rewrites (NCHWc convs after their output), so kernels are counted, not named
+            if kernels < base_kernels + 1 or (scope == "weights" and kernels != base_kernels + 1):
                 raise QuantizationError(f"leaving {layer!r} float gave {kernels - base_kernels} more float conv/gemm "
-                                        "kernels in ORT, not 1: the row would not measure that layer alone")
+                                        f"kernels in ORT, not {'1' if scope == 'weights' else 'at least 1'}: the row "
+                                        "would not measure that layer")
             accuracy = float((run_onnx(path, images).argmax(1) == labels).mean())
             report.layers.append(LayerSensitivity(layer, ops.get(layer, "?"), accuracy, accuracy - base_accuracy,
                                                   shares.get(layer), kernels))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -162,7 +164,8 @@ def test_any_timm_model_trains_and_verifies_by_name_alone(compose, tracking_uri:
 
 
 @pytest.mark.slow
-def test_sensitivity_and_fallback_are_logged_and_the_fallback_file_is_the_int8_model(compose, tracking_uri: str) -> None:
+def test_sensitivity_and_fallback_are_logged_and_the_fallback_file_is_the_int8_model(compose, tracking_uri: str,
+                                                                                    tmp_path: Path) -> None:
     """QAT's own trained weights reach the report (an extra unfolded export); a fallback that keeps a
     layer float hands that file to verify, where ORT runs exactly that conv in float."""
     cfg = compose(*TINY_QAT, "quant=qat_int8", "quant.sensitivity=true", "quant.fallback.max_drop=0",
@@ -186,3 +189,55 @@ def test_sensitivity_and_fallback_are_logged_and_the_fallback_file_is_the_int8_m
     else:  # already within the target on the validation split: nothing to keep float
         assert m["fallback/met"] == 1 and m["int8/float_conv"] == 0
     assert run.data.tags["edgeqat.fallback"].startswith(f"{len(fallback['chosen'])} layer(s) float")
+
+    # `edgeqat sensitivity RUN_ID` on the finished run: the QAT model rebuilt from its checkpoint exports
+    # the run's file again (else it refuses), so its unrounded weights give the very rows the run logged.
+    from edgeqat.pipeline.run_sensitivity import sensitivity_of_run
+
+    client = MlflowClient(tracking_uri)
+    again = sensitivity_of_run(client, result.run_id, scope="weights")
+    assert again.int8_accuracy == report["int8_accuracy"] and again.n_images == report["n_images"]
+    assert {r.layer: r.accuracy for r in again.layers} == {r["layer"]: r["accuracy"] for r in report["layers"]}
+    tags = _run(tracking_uri, result.run_id).data.tags
+    assert tags["edgeqat.sensitivity_of"] == ("int8_before_fallback/model.onnx" if fallback["chosen"] else
+                                              "int8/model.onnx")
+    assert tags["edgeqat.sensitivity_scope"] == "weights" and _run(tracking_uri, result.run_id).info.status == "FINISHED"
+    proc = subprocess.run([sys.executable, "-m", "edgeqat", "sensitivity", result.run_id, "--scope", "layer",
+                           "--images", "64", "--top", "3", "--tracking-uri", tracking_uri],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "most recovered left float (layer)" in proc.stdout and len(proc.stdout.splitlines()) == 5
+    layer_report = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/sensitivity.json")
+    assert layer_report["scope"] == "layer" and layer_report["n_images"] == 64 and len(layer_report["layers"]) == 16
+    assert all(row["float_kernels"] >= layer_report["base_float_kernels"] + 1 for row in layer_report["layers"])
+
+
+    # A checkpoint that does not export the run's file (one weight nudged) would describe another model.
+    import torch
+
+    from edgeqat.errors import EdgeqatError
+
+    meta = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/checkpoints/qat/metadata.json")
+    path = Path(client.download_artifacts(result.run_id, f"checkpoints/qat/{meta['files'][0]}", str(tmp_path)))
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    key = next(k for k, v in state["state_dict"].items() if k.startswith("backbone.") and k.endswith("weight")
+               and v.ndim == 4)
+    state["state_dict"][key] = state["state_dict"][key] * 1.5
+    torch.save(state, path)
+    client.log_artifact(result.run_id, str(path), "checkpoints/qat")
+    with pytest.raises(EdgeqatError, match="does not export the run's INT8 file again"):
+        sensitivity_of_run(client, result.run_id, images=32)
+    with pytest.raises(EdgeqatError, match="no run 'nope'"):
+        sensitivity_of_run(client, "nope")
+
+
+def test_sensitivity_of_an_fp32_run_says_there_is_no_int8_model(tracking_uri: str) -> None:
+    from edgeqat.errors import EdgeqatError
+    from edgeqat.pipeline.run_sensitivity import sensitivity_of_run
+
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(client.create_experiment("fp32-only"))
+    client.log_text(run.info.run_id, "quant:\n  mode: fp32\n", "config/config.yaml")
+    client.set_terminated(run.info.run_id)
+    with pytest.raises(EdgeqatError, match="quant.mode=fp32: it has no INT8 model to analyse"):
+        sensitivity_of_run(client, run.info.run_id)

@@ -153,3 +153,63 @@ def test_the_fallback_meets_its_target_within_budget_and_says_why(damaged_ptq, t
     no_time = choose_fallback(d["path"], d["float_weights"], report, d["images"], d["labels"], fp32_accuracy,
                               FallbackBudget(max_drop=0.03, max_latency_pct=-50), tmp_path / "fast.onnx", latency=timing)
     assert not no_time.met and no_time.decisions[0]["action"] == "skipped" and "max_latency_pct" in no_time.decisions[0]["reason"]
+
+
+def _coarsen_input_activation(model: onnx.ModelProto, layers: list[str], factor: float) -> str:
+    """Scale up the rounding step of one conv's input activation (that conv its only reader); its name."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            readers[name] = readers.get(name, 0) + 1
+    inits = {i.name: i for i in model.graph.initializer}
+    for layer in layers[1:]:
+        node = next(n for n in model.graph.node if n.name == layer)
+        dq = producers.get(node.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or readers[dq.output[0]] != 1 or readers[dq.input[1]] != 2:
+            continue  # its input is read elsewhere too, or its scale is shared beyond this Q/DQ pair
+        scale = inits[dq.input[1]]
+        scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * factor, scale.name))
+        return layer
+    raise AssertionError("no conv reads an activation of its own")
+
+
+@pytest.fixture(scope="module")
+def coarse_activation(damaged_ptq, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """ORT's PTQ with one conv's input activation rounded to a few levels: a loss no weight explains."""
+    d = damaged_ptq
+    tmp = tmp_path_factory.mktemp("coarse")
+    model = onnx.load(str(d["path"].parent / "ptq.onnx"))
+    layer = _coarsen_input_activation(model, d["layers"], 1000.0)
+    onnx.save(model, str(tmp / "coarse.onnx"))
+    return {**d, "path": tmp / "coarse.onnx", "hard": layer}
+
+
+def test_the_layer_scope_also_leaves_the_input_activation_float(coarse_activation, tmp_path: Path) -> None:
+    """Weights alone cannot undo an activation's rounding; ``scope="layer"`` reads the unrounded tensor."""
+    c = coarse_activation
+    images, labels = c["images"], c["labels"]
+    model = onnx.load(str(c["path"]))
+    coarse = float((run_onnx(c["path"], images).argmax(1) == labels).mean())
+    assert coarse < c["ptq_accuracy"] - 0.15, "the coarse activation must hurt for the test to mean anything"
+    accuracy = {}
+    for scope in ("weights", "layer"):
+        path = tmp_path / f"{scope}.onnx"
+        variant = leave_float(model, [c["hard"]], c["float_weights"], scope)
+        onnx.save(variant, str(path))
+        node = next(n for n in variant.graph.node if n.name == c["hard"])
+        reads = next((n.op_type for n in variant.graph.node if node.input[0] in n.output), "graph input")
+        assert (reads == "DequantizeLinear") == (scope == "weights"), (scope, reads)
+        accuracy[scope] = float((run_onnx(path, images).argmax(1) == labels).mean())
+    assert accuracy["weights"] < c["ptq_accuracy"] - 0.1  # the weights were never the problem
+    assert accuracy["layer"] >= c["ptq_accuracy"] - 0.03
+
+    report = layer_sensitivity(c["path"], c["float_weights"], images, labels, layers=c["layers"][:5], profile_runs=0,
+                               scope="layer")
+    assert report.scope == "layer" and report.layers[0].layer == c["hard"]
+    assert all(row.float_kernels >= report.base_float_kernels + 1 for row in report.layers)
+    result = choose_fallback(c["path"], c["float_weights"], report, images, labels, c["ptq_accuracy"],
+                             FallbackBudget(max_drop=0.03), tmp_path / "fallback.onnx", latency={"iters": 5, "warmup": 1})
+    assert result.met and result.chosen == [c["hard"]]
+    with pytest.raises(QuantizationError, match="float scope 'activations'"):
+        leave_float(model, [c["hard"]], c["float_weights"], "activations")
