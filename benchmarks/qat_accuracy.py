@@ -1,7 +1,10 @@
-"""QAT vs PTQ vs FP32 accuracy on the real bundled MNIST subset, for the four families.
+"""QAT vs PTQ vs FP32 accuracy for the four families, on real data (MNIST-5k by default, ``--extra data=...``).
 
     python benchmarks/qat_accuracy.py [--models resnet18 ...] [--seeds 42 0 1] [--extra "trainer.max_epochs=6"]
     python benchmarks/qat_accuracy.py --weight-ranges int8 int7     # the cost of 7-bit weights, per family
+    python benchmarks/qat_accuracy.py --extra "data=fashion_mnist data.max_train_samples=5000" --seeds 42 0 1 \
+        --store /tmp/acc --out results/qat_accuracy_fashion_mnist.json     # the README's Fashion-MNIST table
+    python benchmarks/qat_accuracy.py --fallback 0.005 --out results/qat_accuracy_fashion_mnist.json  # + PTQ fallback
 
 Runs the product itself (``edgeqat train experiment=compare model=<m> seed=<s>``, one subprocess per
 run) into a throw-away SQLite store, then collects the verified numbers: FP32 accuracy (torch), QAT
@@ -13,6 +16,11 @@ order. QAT and PTQ in one run quantize the same FP32 model, so each run gives on
 difference; on MNIST these are a few test images either way, so the check uses their mean over the
 seeds. Issue targets: agreement >= 99 %, acc_drop <= 0.5 pt, QAT >= PTQ, INT8/FP32 size <= 0.27
 (resnet18) or <= 0.36 (depthwise nets).
+
+``--fallback 0.005 --store DIR`` then quantizes, with no training, each run's own FP32 checkpoint
+with ORT's PTQ again where PTQ lost more than 0.5 pt, this time with the sensitivity report and the
+float fallback (``quant.float_scope=layer``, ``quant.fallback.max_drop=0.005``): the drop before
+and after on the test split, the layers kept float and the latency they cost (``fallback_rows``).
 
 ``--weight-ranges int8 int7`` trains the FP32 model once per model and seed (``quant=fp32``) and
 quantizes that same checkpoint once per ``quant.weight_range`` (QAT and PTQ, ``quant.init_checkpoint``),
@@ -46,7 +54,7 @@ SIZE_TARGET = {"resnet18": 0.27}
 
 
 def run_model(model: str, seed: int, extra: list[str], store: Path, tag: str = "",
-              quant: str | None = "experiment=compare") -> dict:
+              quant: str | None = "experiment=compare", keys: list[str] = KEYS) -> dict:
     """``edgeqat train <quant> model=<model> seed=<seed> <extra>`` into ``store``; its metrics (or its error)."""
     from mlflow.tracking import MlflowClient
 
@@ -62,10 +70,12 @@ def run_model(model: str, seed: int, extra: list[str], store: Path, tag: str = "
     if proc.returncode != 0:
         return {"model": model, "seed": seed, "error": proc.stderr.strip().splitlines()[-1], "seconds": seconds}
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    # the newest: a benchmark stopped half way may have left an unfinished run in the same experiment
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                                order_by=["attributes.start_time DESC"], max_results=1)
     m = run.data.metrics
     return {"model": model, "seed": seed, "overrides": args, "run_id": run.info.run_id, "seconds": round(seconds, 1),
-            **{k: round(m[k], 4) for k in KEYS if k in m}}
+            **{k: round(m[k], 4) for k in keys if k in m}}
 
 
 def run_weight_ranges(model: str, seed: int, ranges: list[str], extra: list[str], store: Path) -> list[dict]:
@@ -134,12 +144,23 @@ def main() -> None:
     parser.add_argument("--store", default=None,
                         help="keep the runs' MLflow store here (default: a temporary folder, removed at the end); "
                              "--fallback reads the FP32 checkpoints from it")
+    parser.add_argument("--append", action="store_true", help="keep the other models' rows already in --out")
+    parser.add_argument("--fallback", type=float, default=None, metavar="MAX_DROP",
+                        help="no training: PTQ + float fallback (quant.fallback.max_drop) from the FP32 checkpoints of "
+                             "the runs in --out (kept with --store) where PTQ lost more than MAX_DROP")
+    parser.add_argument("--scope", default="layer", help="quant.float_scope of the fallback runs")
     args = parser.parse_args()
     if args.weight_ranges:
         return main_weight_ranges(args)
+    if args.fallback is not None:
+        return main_fallback(args)
     args.out = args.out or str(Path(__file__).parent / "results" / "qat_accuracy.json")
     runs, rows = [], []
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if args.append and Path(args.out).exists():  # models measured by an earlier invocation stay
+        earlier = json.loads(Path(args.out).read_text())
+        rows = [r for r in earlier["rows"] if r["model"] not in args.models]
+        runs = [r for r in earlier["runs"] if r["model"] not in args.models]
     with _store(args.store) as store:
         for model in args.models:
             model_runs = []
@@ -166,6 +187,59 @@ def main() -> None:
               f"{r['agreement_min']:.4f} | {r['size_ratio']:.3f} | {ok} |")
 
 
+FALLBACK_KEYS = ["test/acc_fp32", "test/acc_int8", "int8/speedup_224", "fallback/val_acc_before", "fallback/val_acc_after",
+                 "fallback/layers", "fallback/met", "fallback/extra_latency_pct", "fallback/latency_ms_before",
+                 "fallback/latency_ms_after", "sensitivity/top_recovered", "int8/float_conv"]
+
+
+_OWN_OVERRIDES = ("experiment=", "model=", "seed=", "trainer.enable_progress_bar=", "tracking.experiment_name=",
+                  "output_dir=")
+
+
+def run_fallbacks(result: dict, extra: list[str], store: Path, max_drop: float, scope: str) -> list[dict]:
+    """PTQ + fallback from each compare run's own FP32 checkpoint where ORT's PTQ lost more than ``max_drop``.
+
+    ``quant=ptq_int8`` on the same checkpoint (``quant.init_checkpoint``, no FP32 epochs) makes the same
+    PTQ file as the compare run's baseline, so before/after is paired; the layers are chosen on the
+    validation split and the test split judges the file.
+    """
+    out = []
+    for run in result["runs"]:
+        if "error" in run or run["test/acc_fp32"] - run["test/acc_ptq"] <= max_drop:
+            continue
+        init = f"quant.init_checkpoint=runs:/{run['run_id']}/checkpoints/fp32/best.ckpt"
+        # the compare run's own data overrides (run_model adds model, seed and where to log)
+        same = [o for o in run["overrides"] if not o.startswith(_OWN_OVERRIDES)]
+        got = run_model(run["model"], run["seed"], [*same, init, "quant.sensitivity=true", f"quant.float_scope={scope}",
+                                                    f"quant.fallback.max_drop={max_drop}", *extra],
+                        store, tag="-fallback", quant="quant=ptq_int8", keys=FALLBACK_KEYS)
+        got.update({"compare_run_id": run["run_id"], "acc_fp32_compare": run["test/acc_fp32"],
+                    "acc_ptq": run["test/acc_ptq"], "ptq_speedup_224": run.get("ptq/speedup_224")})
+        print(json.dumps(got), flush=True)
+        out.append(got)
+    return out
+
+
+def summarize_fallbacks(runs: list[dict]) -> list[dict]:
+    """Per model: PTQ drop before and after the fallback (test split), layers kept float, latency cost."""
+    rows = []
+    for model in dict.fromkeys(r["model"] for r in runs):
+        mine = [r for r in runs if r["model"] == model and "error" not in r]
+        if not mine:
+            rows.append({"model": model, "error": "every fallback run failed"})
+            continue
+        rows.append({
+            "model": model, "seeds": [r["seed"] for r in mine],
+            "ptq_drop": [round(r["test/acc_fp32"] - r["acc_ptq"], 4) for r in mine],
+            "fallback_drop": [round(r["test/acc_fp32"] - r["test/acc_int8"], 4) for r in mine],
+            "layers": [int(r["fallback/layers"]) for r in mine], "met_on_val": [bool(r["fallback/met"]) for r in mine],
+            "extra_latency_pct": [round(r["fallback/extra_latency_pct"], 1) for r in mine],
+            "speedup_224": [r.get("int8/speedup_224") for r in mine],
+            "ptq_speedup_224": [r.get("ptq_speedup_224") for r in mine],
+        })
+    return rows
+
+
 @contextlib.contextmanager
 def _store(path: str | None):
     """The benchmark's MLflow store: ``path`` kept (created if needed), or a temporary folder."""
@@ -175,6 +249,27 @@ def _store(path: str | None):
         return
     with tempfile.TemporaryDirectory() as tmp:
         yield Path(tmp)
+
+
+def main_fallback(args: argparse.Namespace) -> None:
+    out = Path(args.out or Path(__file__).parent / "results" / "qat_accuracy.json")
+    result = json.loads(out.read_text())
+    store = Path(args.store or result.get("store") or "")
+    if not (store / "mlflow.db").is_file():
+        sys.exit(f"--fallback needs the store the compare runs were kept in (--store): no {store / 'mlflow.db'}")
+    result["fallback_config"] = {"max_drop": args.fallback, "scope": args.scope, "extra": args.extra}
+    result["fallback_runs"] = run_fallbacks(result, args.extra.split(), store, args.fallback, args.scope)
+    result["fallback_rows"] = summarize_fallbacks(result["fallback_runs"])
+    out.write_text(json.dumps(result, indent=1))
+    print("| model | PTQ drop (per seed) | PTQ + fallback drop | layers float | extra latency (batch 1) | met on val |")
+    print("|---|---|---|---|---|---|")
+    for r in result["fallback_rows"]:
+        if "error" in r:
+            print(f"| {r['model']} | error: {r['error']} |")
+            continue
+        pts = lambda xs: ", ".join(f"{x * 100:+.2f}" for x in xs)  # noqa: E731
+        print(f"| {r['model']} | {pts(r['ptq_drop'])} | {pts(r['fallback_drop'])} | {r['layers']} | "
+              f"{', '.join(f'{x:+.1f} %' for x in r['extra_latency_pct'])} | {r['met_on_val']} |")
 
 
 def main_weight_ranges(args: argparse.Namespace) -> None:
