@@ -103,6 +103,13 @@ def test_ptq_int8_recipe(compose, tracking_uri: str) -> None:
     m = _run(tracking_uri, result.run_id).data.metrics
     assert "test/acc_qat" not in m and "test/acc_int8" in m and m["int8/qlinearconv"] > 0
     assert "int8/top1_agreement" not in m and "int8/fake_quant_agreement" not in m  # no torch model to agree with
+    # `edgeqat sensitivity` afterwards: PTQ's unrounded weights are the FP32 file's, every layer gets a row
+    from edgeqat.pipeline.run_sensitivity import sensitivity_of_run
+
+    report = sensitivity_of_run(MlflowClient(tracking_uri), result.run_id, scope="layer", images=48)
+    assert report.scope == "layer" and report.n_images == 48 and len(report.layers) == 16
+    assert report.fp32_accuracy is not None and max(r.accuracy for r in report.layers) <= 1.0
+    assert mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/sensitivity.json")["scope"] == "layer"
 
 
 def test_fp32_recipe_exports_only_fp32(compose, tracking_uri: str) -> None:
