@@ -121,6 +121,10 @@ def summarize(model: str, runs: list[dict]) -> dict:
     row = {"model": model, "seeds": [r["seed"] for r in runs], **{f"{k}_mean": mean(k) for k in
            ("test/acc_fp32", "test/acc_int8", "test/acc_ptq", "int8/acc_drop")},
            "qat_minus_ptq": diffs, "qat_minus_ptq_mean": round(statistics.fmean(diffs), 4),
+           "qat_minus_ptq_sd": round(statistics.stdev(diffs), 4) if len(diffs) > 1 else None,
+           "int8_drop": [round(r["int8/acc_drop"], 4) for r in runs],
+           "ptq_drop": [round(r["test/acc_fp32"] - r["test/acc_ptq"], 4) for r in runs],
+           "seconds": [r["seconds"] for r in runs],
            "agreement_min": min(r["int8/top1_agreement"] for r in runs),
            "size_ratio": max(r["int8/size_ratio"] for r in runs)}
     size_target = SIZE_TARGET.get(model, 0.36)
@@ -159,8 +163,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if args.append and Path(args.out).exists():  # models measured by an earlier invocation stay
         earlier = json.loads(Path(args.out).read_text())
-        rows = [r for r in earlier["rows"] if r["model"] not in args.models]
         runs = [r for r in earlier["runs"] if r["model"] not in args.models]
+        rows = [summarize(m, [r for r in runs if r["model"] == m]) for m in dict.fromkeys(r["model"] for r in runs)]
     with _store(args.store) as store:
         for model in args.models:
             model_runs = []
