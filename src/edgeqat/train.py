@@ -26,6 +26,7 @@ from edgeqat.quant.isa import detect_cpu
 from edgeqat.quant.weight_format import resolve_weight_format
 from edgeqat.tracking import RunContext, log_run_config, tracked_run
 from edgeqat.tracking.system_metrics import system_metrics
+from edgeqat.tracking.summary import NOTE_TAG, phase_tags, verdict_note
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +108,14 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
         ctx = JobContext(cfg, run, datamodule, module, weights)
         trainer, checkpoint = make_trainer(cfg, run, "fp32", ctx.fp32_epochs, total_epochs=ctx.total_epochs)
         ctx.metrics.update(fit_and_test(trainer, checkpoint, module, datamodule, cfg.ckpt_path))
-        run.recorder.set_tags({"edgeqat.phase": "export"})
+        run.recorder.set_tags(phase_tags("export"))
         fp32_onnx = export_fp32(ctx)
         int8 = run_recipe(ctx, fp32_onnx)
         if int8 is not None:
             int8 = analyse_layers(ctx, fp32_onnx, int8)  # quant.sensitivity / quant.fallback; else as is
         ctx.metrics.update(verify(ctx, fp32_onnx, int8))
         registered = log_models(ctx, fp32_onnx, int8)
+        run.recorder.set_tags({NOTE_TAG: verdict_note(ctx.metrics)})
     version = registered_version(run, registered)
     summary = {k: round(v, 4) for k, v in ctx.metrics.items() if k.startswith(("test/acc", "int8/"))}
     log.info("run %s: %s", run.run_id, summary)

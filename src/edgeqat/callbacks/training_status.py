@@ -9,13 +9,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from edgeqat.tracking import RunRecorder
+from edgeqat.tracking.summary import NOTE_TAG, progress_note
 
 PHASES = ("fp32", "qat", "export", "verify")
 
 
 class TrainingStatus(L.Callback):
-    """Sets ``edgeqat.phase``, ``edgeqat.progress`` (0-100) and ``edgeqat.eta_s`` at most every
-    ``interval_s`` seconds. Progress spans the whole job's training budget: this fit covers epochs
+    """Sets ``edgeqat.phase``, ``edgeqat.progress`` (0-100), ``edgeqat.eta_s`` and the run's
+    description (the same in words, ``tracking/summary.py``) at most every ``interval_s`` seconds. Progress spans the whole job's training budget: this fit covers epochs
     ``[epoch_offset, epoch_offset + max_epochs)`` of ``total_epochs``. ``edgeqat.status`` itself is
     owned by the run's lifecycle (``tracked_run``).
     """
@@ -46,12 +47,16 @@ class TrainingStatus(L.Callback):
         fraction = self._fraction(trainer)
         tags = {"edgeqat.phase": self.phase, "edgeqat.progress": f"{100 * fraction:.0f}"}
         done_in_fit = trainer.global_step / self._steps
+        total = self.total_epochs or trainer.max_epochs or 1
+        eta_s = None
         if done_in_fit > 0:
             elapsed = now - self._start
-            total = self.total_epochs or trainer.max_epochs or 1
             remaining_epochs = total - self.epoch_offset - done_in_fit * (trainer.max_epochs or 1)
             per_epoch = elapsed / (done_in_fit * (trainer.max_epochs or 1))
-            tags["edgeqat.eta_s"] = f"{max(0.0, remaining_epochs * per_epoch):.0f}"
+            eta_s = max(0.0, remaining_epochs * per_epoch)
+            tags["edgeqat.eta_s"] = f"{eta_s:.0f}"
+        tags[NOTE_TAG] = progress_note(self.phase, self.epoch_offset + trainer.current_epoch + 1, total,
+                                       100 * fraction, eta_s)
         self.recorder.set_tags(tags)
         self.updates += 1
 

@@ -24,6 +24,7 @@ from edgeqat.lightning_modules import ClassifierModule, Distillation
 from edgeqat.pipeline.trainer import fit_and_test, make_trainer
 from edgeqat.quant.weight_format import WeightFormat
 from edgeqat.tracking import RunContext
+from edgeqat.tracking.summary import phase_tags
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
         extra_callbacks=[QATSchedule(q.freeze_observer_epoch, q.freeze_bn_epoch)],
     )
     ctx.metrics.update(fit_and_test(trainer, checkpoint, qat_module, ctx.datamodule))
-    ctx.run.recorder.set_tags({"edgeqat.phase": "export"})
+    ctx.run.recorder.set_tags(phase_tags("export"))
     converted = convert(prepared)
     path = export_onnx(converted, ctx.example_input(), ctx.models_dir / "int8" / "model.onnx",
                        ort_gemm_convs=ctx.ort_gemm_convs, weights=ctx.weights)

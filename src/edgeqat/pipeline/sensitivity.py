@@ -21,6 +21,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from edgeqat.pipeline.recipes import Int8Model, JobContext
+from edgeqat.tracking.summary import phase_tags
 
 __all__ = ["analyse_layers", "log_report", "qat_float_weights", "wants_float_weights"]
 
@@ -51,7 +52,7 @@ def analyse_layers(ctx: JobContext, fp32_onnx: Path, int8: Int8Model) -> Int8Mod
     q, rec = ctx.cfg.quant, ctx.run.recorder
     if not wants_float_weights(q):
         return int8
-    rec.set_tags({"edgeqat.phase": "sensitivity"})
+    rec.set_tags(phase_tags("sensitivity"))
     float_weights = int8.float_weights if int8.float_weights is not None else float_weights_of(onnx.load(str(fp32_onnx)))
     images, labels = ctx.datamodule.split_arrays("val", limit=q.sensitivity_images)
     fp32_accuracy = float((run_onnx(fp32_onnx, images).argmax(1) == labels).mean())

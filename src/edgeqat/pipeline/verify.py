@@ -10,6 +10,7 @@ from edgeqat.pipeline.damage import log_damage
 from edgeqat.pipeline.recipes import Int8Model, JobContext, post_training_quantize
 from edgeqat.quant.isa import CpuInfo, detect_cpu
 from edgeqat.quant.weight_format import WeightFormat
+from edgeqat.tracking.summary import phase_tags
 
 if TYPE_CHECKING:
     import numpy as np
@@ -78,7 +79,7 @@ def verify(ctx: JobContext, fp32_onnx: Path, int8: Int8Model | None) -> dict[str
     from edgeqat.quant.weight_format import dense_weight_extremes
 
     rec, q = ctx.run.recorder, ctx.cfg.quant
-    rec.set_tags({"edgeqat.phase": "verify"})
+    rec.set_tags(phase_tags("verify"))
     images, labels = ctx.datamodule.split_arrays("test")
     fp32_result = evaluate_onnx(fp32_onnx, images, labels)
     m: dict[str, float] = {"fp32/size_mb": file_size_mb(fp32_onnx), "test/acc_fp32_onnx": fp32_result.accuracy,

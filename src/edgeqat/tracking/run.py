@@ -24,6 +24,7 @@ from edgeqat.errors import EdgeqatError
 from edgeqat.tracking.params import flatten_config
 from edgeqat.tracking.recorder import DEFAULT_BATCH_WINDOW_S, RunRecorder, configure_http_retries
 from edgeqat.tracking.secrets import scrub_secrets
+from edgeqat.tracking.summary import NOTE_TAG, end_note
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "edgeqat"
@@ -203,6 +204,7 @@ def tracked_run(tracking_uri: str | None, experiment_name: str | None, output_di
         closing = {STATUS_TAG: status}
         if error is not None:
             closing[FAILURE_TAG] = scrub_secrets(failure_line(error))
+            closing[NOTE_TAG] = end_note(status, closing[FAILURE_TAG])
             recorder.log_text(scrub_secrets("".join(traceback.format_exception(error))), "failure/traceback.txt")
         recorder.set_tags(closing)
         recorder.terminate(status)

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from edgeqat.callbacks.dataset_stats import class_distribution, imbalance_ratio
+from edgeqat.tracking.summary import verdict_note
 from edgeqat.train import train
 
 
@@ -48,6 +49,9 @@ def test_run_carries_dataset_stats_status_and_lr(compose, tracking_uri: str) -> 
     # the last phase of a job is the verification of its exported model
     assert (tags["edgeqat.status"], tags["edgeqat.phase"], tags["edgeqat.progress"]) == ("FINISHED", "verify", "100")
     assert float(tags["edgeqat.eta_s"]) == 0
+    # the description the UI shows on top of the run: the verdict and the headline figures, as logged
+    assert tags["mlflow.note.content"] == verdict_note(m) == f"Finished: FP32 model only, test accuracy " \
+                                                             f"{m['test/acc_fp32']:.3f}."  # TINY is quant=fp32
     assert "edgeqat.data_warning" not in tags
     assert any(k.startswith("lr-") for k in m)  # learning rate per epoch
 
@@ -72,6 +76,7 @@ def test_injected_failure_ends_failed_with_reason_and_traceback(compose, trackin
     client, run = _run(tracking_uri, "fail")
     assert run.info.status == "FAILED" and run.data.tags["edgeqat.status"] == "FAILED"
     assert run.data.tags["edgeqat.failure"].startswith("ValueError: Invalid learning rate")
+    assert run.data.tags["mlflow.note.content"] == f"Failed: {run.data.tags['edgeqat.failure']}."
     text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/failure/traceback.txt")
     assert "Traceback (most recent call last)" in text and "Invalid learning rate" in text
 

@@ -60,6 +60,9 @@ def test_qat_int8_metrics_come_from_the_exported_file(compose, tracking_uri: str
     assert m["int8/dense_weight_max"] == (64 if cpu.isa.saturates_u8s8 else 127)
     assert m["int8/max_step_drift"] <= 1.001 and m["int8/mean_step_drift"] < 0.01
     assert m["int8/within_step_fraction"] == 1.0  # follows from the max here; logged for the deep nets where it does not
+    assert tags["mlflow.note.content"].startswith(f"Finished: INT8 test accuracy {m['test/acc_int8']:.3f} "
+                                                  f"(FP32 {m['test/acc_fp32']:.3f}, ")
+    assert f"ORT's PTQ {m['test/acc_ptq']:.3f}" in tags["mlflow.note.content"]
     verification = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/verification.json")
     assert verification["isa"] == cpu.isa.value and verification["exact_on_target"] is True
     assert verification["max_step_drift"] == pytest.approx(m["int8/max_step_drift"])
