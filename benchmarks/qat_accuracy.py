@@ -153,6 +153,9 @@ def main() -> None:
                         help="no training: PTQ + float fallback (quant.fallback.max_drop) from the FP32 checkpoints of "
                              "the runs in --out (kept with --store) where PTQ lost more than MAX_DROP")
     parser.add_argument("--scope", default="layer", help="quant.float_scope of the fallback runs")
+    parser.add_argument("--retime", action="store_true",
+                        help="with --fallback: time each fallback file against the file before it, side by side "
+                             "(run it on an idle machine)")
     args = parser.parse_args()
     if args.weight_ranges:
         return main_weight_ranges(args)
@@ -239,6 +242,8 @@ def summarize_fallbacks(runs: list[dict]) -> list[dict]:
             "layers": [int(r["fallback/layers"]) for r in mine], "met_on_val": [bool(r["fallback/met"]) for r in mine],
             "extra_latency_pct": [round(r["fallback/extra_latency_pct"], 1) for r in mine],
             "speedup_224": [r.get("int8/speedup_224") for r in mine],
+            "retimed_extra_pct_32": [r.get("retimed_extra_pct_32") for r in mine],
+            "retimed_extra_pct_224": [r.get("retimed_extra_pct_224") for r in mine],
             "ptq_speedup_224": [r.get("ptq_speedup_224") for r in mine],
         })
     return rows
@@ -255,14 +260,53 @@ def _store(path: str | None):
         yield Path(tmp)
 
 
+def retime_fallbacks(result: dict, store: Path, rounds: int = 7, iters: int = 30) -> None:
+    """Each fallback file against the PTQ file before it, side by side on this (idle) machine.
+
+    The run's own ``fallback/extra_latency_pct`` was timed while other work shared the CPU; here the
+    two files alternate, ``rounds`` times ``iters`` batch-1 runs each on 1 thread, at the trained
+    resolution and at 224 px, and the medians are compared.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from edgeqat.quant.verify import measure_latency_ms
+
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    for run in result.get("fallback_runs", []):
+        if "error" in run or not run.get("fallback/layers"):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {name: client.download_artifacts(run["run_id"], f"{name}/model.onnx", f"{tmp}/{name}")
+                     for name in ("int8_before_fallback", "int8")}
+            import onnx
+
+            channels = onnx.load(files["int8"], load_external_data=False).graph.input[0].type.tensor_type.shape.dim[1].dim_value
+            for size in (32, 224):
+                times: dict[str, list[float]] = {name: [] for name in files}
+                for _ in range(rounds):
+                    for name, path in files.items():
+                        times[name].append(measure_latency_ms(path, (1, channels, size, size), iters=iters))
+                before, after = (statistics.median(times[n]) for n in ("int8_before_fallback", "int8"))
+                run[f"retimed_ms_{size}"] = [round(before, 4), round(after, 4)]
+                run[f"retimed_extra_pct_{size}"] = round((after / before - 1) * 100, 1)
+        print(run["model"], run["seed"], {k: v for k, v in run.items() if k.startswith("retimed")}, flush=True)
+
+
 def main_fallback(args: argparse.Namespace) -> None:
     out = Path(args.out or Path(__file__).parent / "results" / "qat_accuracy.json")
     result = json.loads(out.read_text())
     store = Path(args.store or result.get("store") or "")
     if not (store / "mlflow.db").is_file():
         sys.exit(f"--fallback needs the store the compare runs were kept in (--store): no {store / 'mlflow.db'}")
-    result["fallback_config"] = {"max_drop": args.fallback, "scope": args.scope, "extra": args.extra}
-    result["fallback_runs"] = run_fallbacks(result, args.extra.split(), store, args.fallback, args.scope)
+    if args.retime:
+        retime_fallbacks(result, store)
+        result["retime_machine"] = machine_facts()
+    else:
+        result["fallback_config"] = {"max_drop": args.fallback, "scope": args.scope, "extra": args.extra}
+        runs = [r for r in result.get("fallback_runs", []) if r["model"] not in args.models]  # --append
+        result["fallback_runs"] = runs + run_fallbacks(
+            {**result, "runs": [r for r in result["runs"] if r["model"] in args.models]},
+            args.extra.split(), store, args.fallback, args.scope)
     result["fallback_rows"] = summarize_fallbacks(result["fallback_runs"])
     out.write_text(json.dumps(result, indent=1))
     print("| model | PTQ drop (per seed) | PTQ + fallback drop | layers float | extra latency (batch 1) | met on val |")
