@@ -41,8 +41,7 @@ class RunArtifacts:
     analysed: str  # the artifact path of the INT8 file analysed
 
 
-def sensitivity_of_run(client, run_id: str, scope: str | None = None, images: int | None = None,
-                       workdir: Path | None = None):
+def sensitivity_of_run(client, run_id: str, scope: str | None = None, images: int | None = None):
     """Report for ``run_id`` (``scope``/``images``: the run's ``quant.float_scope``/``sensitivity_images``
     unless given), logged into the run. Returns the :class:`~edgeqat.quant.sensitivity.SensitivityReport`.
 
@@ -50,6 +49,8 @@ def sensitivity_of_run(client, run_id: str, scope: str | None = None, images: in
         EdgeqatError: no such run, an FP32-only run, a missing artifact, or a QAT checkpoint that does
             not reproduce the run's INT8 file.
     """
+    import onnx
+
     from edgeqat.pipeline.sensitivity import log_report
     from edgeqat.quant.sensitivity import SCOPES, float_weights_of, layer_sensitivity
     from edgeqat.quant.verify import run_onnx
@@ -58,20 +59,19 @@ def sensitivity_of_run(client, run_id: str, scope: str | None = None, images: in
     if scope is not None and scope not in SCOPES:
         raise EdgeqatError(f"--scope {scope}: use one of {', '.join(SCOPES)}")
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(workdir or tmp)
+        work = Path(tmp)
         run = _download(client, run_id, work)
         q = run.cfg.quant
         datamodule = _datamodule(run.cfg)
-        val_images, labels = datamodule.split_arrays("val", limit=images or q.sensitivity_images)
-        import onnx
-
+        # runs logged before these settings existed get their defaults
+        val_images, labels = datamodule.split_arrays("val", limit=images or q.get("sensitivity_images", 2000))
         if q.mode == "ptq_int8":
             float_weights = float_weights_of(onnx.load(str(run.fp32)))
         else:
             float_weights = _qat_float_weights(client, run, datamodule, val_images[:64], work)
         fp32_accuracy = float((run_onnx(run.fp32, val_images).argmax(1) == labels).mean())
         report = layer_sensitivity(run.int8, float_weights, val_images, labels, fp32_accuracy=fp32_accuracy,
-                                   scope=scope or q.float_scope)
+                                   scope=scope or q.get("float_scope", "weights"))
         recorder = RunRecorder(client, run_id, work / "staging", work / "spool")
         try:
             log_report(recorder, report)
