@@ -68,6 +68,9 @@ class FallbackConfig:
     max_drop: Optional[float] = None  # accuracy units vs FP32 on the validation split (0.005 = 0.5 pt)
     max_latency_pct: Optional[float] = None  # extra batch-1 latency over the INT8 file, in %; None: no limit
     max_layers: Optional[int] = None  # most layers left float; None: no limit
+    # a layer is kept only if it fixes more validation images than it breaks by this many standard
+    # errors (paired, McNemar): greedy choice over dozens of layers otherwise keeps noise; 0: any gain
+    min_z: float = 2.0
 
 
 @dataclass
@@ -233,6 +236,7 @@ RANGES: dict[str, tuple[float, str]] = {
     "quant.fallback.max_drop": (0, "the largest accuracy drop vs FP32 the fallback accepts"),
     "quant.fallback.max_latency_pct": (0, "extra latency in % the fallback may spend"),
     "quant.fallback.max_layers": (1, "layers the fallback may leave float"),
+    "quant.fallback.min_z": (0, "standard errors a kept layer's gain must reach"),
     "tracking.status_interval_s": (0, "seconds between status tags (0: at every update)"),
     "tracking.close_timeout_s": (0, "seconds to wait for the server at the end"),
     "tracking.batch_window_s": (0, "seconds metrics wait to share a request"),

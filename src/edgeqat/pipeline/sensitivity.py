@@ -93,7 +93,7 @@ def _fallback(ctx: JobContext, int8: Int8Model, float_weights, report, images, l
     out = ctx.models_dir / "int8_fallback" / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = choose_fallback(int8.path, float_weights, report, images, labels, fp32_accuracy,
-                             FallbackBudget(f.max_drop, f.max_latency_pct, f.max_layers), out,
+                             FallbackBudget(f.max_drop, f.max_latency_pct, f.max_layers, f.min_z), out,
                              latency={"threads": q.latency_threads, "iters": q.latency_iters})
     rec.log_dict(result.to_dict(), "int8/fallback.json")
     metrics = {"fallback/val_acc_before": result.accuracy_before, "fallback/val_acc_after": result.accuracy_after,

@@ -3,9 +3,16 @@
 Greedy over the sensitivity report (most accuracy recovered first): each candidate set is written
 with :func:`~edgeqat.quant.sensitivity.leave_float`, timed in ORT (batch 1) and evaluated, because
 neither accuracy nor latency adds up layer by layer. A layer whose extra latency would break the
-budget is skipped for the next one, one that recovers nothing alone is not tried, one that adds
-nothing to the layers already chosen is rejected. Every decision
-is kept with its reason, so the report says what was chosen and why.
+budget is skipped for the next one, one that recovers nothing alone is not tried, one whose gain
+over the layers already chosen could be noise is rejected. Every decision is kept with its reason,
+so the report says what was chosen and why.
+
+"Could be noise" is a paired test on the same images (McNemar): of the images the candidate set and
+the current set classify differently, the candidate must fix more than it breaks by ``min_z``
+standard errors, ``fixed - broken > min_z * sqrt(fixed + broken)``. Without it a greedy search over
+dozens of layers keeps whichever happen to gain a few validation images: on MobileNetV3 and
+Fashion-MNIST (2,000 validation images) it kept 5 layers for +1.75 pt on validation and +0.35 pt
+on the test split.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import onnx
 
 from edgeqat.quant.sensitivity import SensitivityReport, leave_float
 
-__all__ = ["FallbackBudget", "FallbackResult", "choose_fallback"]
+__all__ = ["FallbackBudget", "FallbackResult", "choose_fallback", "significant_gain"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class FallbackBudget:
     max_drop: float
     max_latency_pct: float | None = None
     max_layers: int | None = None
+    min_z: float = 2.0  # a layer's paired gain must exceed this many standard errors (0: any gain)
 
 
 @dataclass
@@ -62,6 +70,13 @@ class FallbackResult:
         return path
 
 
+def significant_gain(before: np.ndarray, after: np.ndarray, min_z: float) -> tuple[int, int, bool]:
+    """Images ``after`` fixes and breaks (per-image correctness, same images) and whether the net gain
+    exceeds ``min_z`` standard errors (McNemar: under no effect, fixed - broken has variance fixed + broken)."""
+    fixed, broken = int((after & ~before).sum()), int((before & ~after).sum())
+    return fixed, broken, fixed - broken > min_z * (fixed + broken) ** 0.5
+
+
 def choose_fallback(
     int8_path: str | Path,
     float_weights: Mapping[str, np.ndarray],
@@ -87,11 +102,13 @@ def choose_fallback(
     shape = (1, *images.shape[1:])
     timing = dict(latency or {})
 
-    def accuracy(path: Path | str) -> float:
-        return float((run_onnx(path, images).argmax(1) == labels).mean())
+    def correct(path: Path | str) -> np.ndarray:
+        return run_onnx(path, images).argmax(1) == labels
 
     base_ms = measure_latency_ms(int8_path, shape, **timing)
-    result = FallbackResult(fp32_accuracy - budget.max_drop, report.int8_accuracy, report.int8_accuracy, base_ms, base_ms)
+    best_correct = correct(int8_path)
+    result = FallbackResult(fp32_accuracy - budget.max_drop, float(best_correct.mean()), float(best_correct.mean()),
+                            base_ms, base_ms)
     best = model
     with tempfile.TemporaryDirectory() as tmp:
         candidate_path = Path(tmp) / "candidate.onnx"
@@ -115,16 +132,20 @@ def choose_fallback(
                                          "reason": f"+{extra:.1f} % latency > quant.fallback.max_latency_pct="
                                                    f"{budget.max_latency_pct:g}"})
                 continue
-            acc = accuracy(candidate_path)
-            if acc <= result.accuracy_after:
+            now_correct = correct(candidate_path)
+            acc = float(now_correct.mean())
+            fixed, broken, significant = significant_gain(best_correct, now_correct, budget.min_z)
+            if not significant:
                 result.decisions.append({"layer": row.layer, "action": "rejected",
-                                         "reason": f"with the layers already float it gains nothing "
-                                                   f"({result.accuracy_after:.4f} -> {acc:.4f})"})
+                                         "reason": f"with the layers already float it fixes {fixed} images and breaks "
+                                                   f"{broken} ({result.accuracy_after:.4f} -> {acc:.4f}): within "
+                                                   f"{budget.min_z:g} standard errors of no gain"})
                 continue
             result.decisions.append({"layer": row.layer, "action": "float",
                                      "reason": f"recovers {row.recovered * 100:+.2f} pt alone; with the set: accuracy "
-                                               f"{result.accuracy_after:.4f} -> {acc:.4f}, latency {extra:+.1f} %"})
+                                               f"{result.accuracy_after:.4f} -> {acc:.4f} ({fixed} images fixed, "
+                                               f"{broken} broken), latency {extra:+.1f} %"})
             result.chosen.append(row.layer)
-            result.accuracy_after, result.latency_ms_after, best = acc, ms, candidate
+            result.accuracy_after, result.latency_ms_after, best, best_correct = acc, ms, candidate, now_correct
     onnx.save(best, str(out))
     return result

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from edgeqat.quant import convert, export_onnx, inspect_ort_graph, ptq_onnx, run_onnx
 from edgeqat.quant.errors import QuantizationError
-from edgeqat.quant.fallback import FallbackBudget, choose_fallback
+from edgeqat.quant.fallback import FallbackBudget, choose_fallback, significant_gain
 from edgeqat.quant.sensitivity import float_weights_of, layer_sensitivity, leave_float, quantized_layers
 from tests.unit.quant.tiny import synthetic_batch
 
@@ -213,3 +213,21 @@ def test_the_layer_scope_also_leaves_the_input_activation_float(coarse_activatio
     assert result.met and result.chosen == [c["hard"]]
     with pytest.raises(QuantizationError, match="float scope 'activations'"):
         leave_float(model, [c["hard"]], c["float_weights"], "activations")
+
+
+
+def test_a_gain_counts_only_beyond_noise() -> None:
+    """Paired on the same images: what the candidate fixes minus what it breaks, against their spread."""
+    before = np.zeros(1000, bool)
+    before[:800] = True
+
+    def after(fixed: int, broken: int) -> np.ndarray:
+        out = before.copy()
+        out[800:800 + fixed] = True
+        out[:broken] = False
+        return out
+
+    assert significant_gain(before, after(3, 1), min_z=2.0) == (3, 1, False)  # +2 images: noise
+    assert significant_gain(before, after(30, 5), min_z=2.0) == (30, 5, True)  # +25 > 2 * sqrt(35)
+    assert significant_gain(before, after(3, 1), min_z=0.0)[2]  # 0: any net gain
+    assert not significant_gain(before, after(2, 2), min_z=0.0)[2]  # a wash is no gain
