@@ -16,8 +16,7 @@ costs to keep them float. Both are answered on the exported file, in the runtime
     quantized from, clipped to the quantized range, so the uint8 rounding of that activation is
     gone too. Where that tensor is a conv's output, ORT can no longer fuse that conv's
     requantization and runs it in float as well (int8 weights and input, float output): the row
-    then measures one activation's rounding more, which is what makes a depthwise net lose
-    accuracy, and costs that much more latency.
+    then removes one activation's rounding more, and pays for that conv's float output too.
 
   ``keep_float_convs_float`` stops ORT from quantizing the float weights back.
 * :func:`layer_sensitivity` evaluates one such file per layer on a labelled split and reads each
