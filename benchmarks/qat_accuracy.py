@@ -178,7 +178,7 @@ def main() -> None:
             rows.append(summarize(model, model_runs))
             # Written after every model: a long benchmark stopped half way keeps what it measured.
             Path(args.out).write_text(json.dumps({"machine": machine_facts(), "store": args.store,
-                                                  "config": "experiment=compare " + (args.extra or "data=mnist5k (default)"),
+                                                  "config": f"experiment=compare {args.extra or 'data=mnist5k'}",
                                                   "rows": rows, "runs": runs}, indent=1))
     print(f"Means over seeds {args.seeds}; QAT - PTQ per seed in accuracy points.")
     print("| model | FP32 | INT8 (ORT) | PTQ (ORT) | drop | QAT - PTQ | min agreement | size ratio | checks |")
@@ -194,7 +194,8 @@ def main() -> None:
               f"{r['agreement_min']:.4f} | {r['size_ratio']:.3f} | {ok} |")
 
 
-FALLBACK_KEYS = ["test/acc_fp32", "test/acc_int8", "int8/speedup_224", "fallback/val_acc_before", "fallback/val_acc_after",
+FALLBACK_KEYS = ["test/acc_fp32", "test/acc_int8", "int8/speedup_224", "fallback/val_acc_before",
+                 "fallback/val_acc_after",
                  "fallback/layers", "fallback/met", "fallback/extra_latency_pct", "fallback/latency_ms_before",
                  "fallback/latency_ms_after", "sensitivity/top_recovered", "int8/float_conv"]
 
@@ -280,7 +281,8 @@ def retime_fallbacks(result: dict, store: Path, rounds: int = 7, iters: int = 30
                      for name in ("int8_before_fallback", "int8")}
             import onnx
 
-            channels = onnx.load(files["int8"], load_external_data=False).graph.input[0].type.tensor_type.shape.dim[1].dim_value
+            graph_input = onnx.load(files["int8"], load_external_data=False).graph.input[0]
+            channels = graph_input.type.tensor_type.shape.dim[1].dim_value
             for size in (32, 224):
                 times: dict[str, list[float]] = {name: [] for name in files}
                 for _ in range(rounds):

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sens = sub.add_parser("sensitivity", help="per-layer INT8 sensitivity of a finished run, logged into it")
     sens.add_argument("run_id", help="a run trained with quant=qat_int8 or quant=ptq_int8")
-    sens.add_argument("--scope", choices=["weights", "layer"], default=None,
+    sens.add_argument("--scope", choices=["weights", "layer"], default=None,  # quant.sensitivity.SCOPES
                       help="left float: the weights, or the input activation too (default: the run's quant.float_scope)")
     sens.add_argument("--images", type=_positive, default=None,
                       help="validation images (default: the run's quant.sensitivity_images)")

@@ -1,6 +1,7 @@
 """Every entry point answers bad input the same way: exit 2, one line on stderr naming the fix, no traceback.
 
-One table across ``train``, ``sensitivity``, ``stack``, ``data publish``, ``sync``, ``promote``, ``deploy`` and ``agent``:
+One table across ``train``, ``sensitivity``, ``stack``, ``data publish``, ``sync``, ``promote``, ``deploy``
+and ``agent``:
 numbers out of range, wrong types, unknown groups and keys, missing and corrupt files, servers that
 are not there. Each case runs the real command in a subprocess against a throw-away SQLite store,
 so none of them can leave a run RUNNING on a server.

@@ -24,7 +24,8 @@ print(sorted(m for m in {heavy!r} if m in sys.modules))
 @pytest.mark.parametrize("argv", [
     ["--help"], ["train", "--help"], ["models", "list", "--help"], ["stack", "up", "--help"],
     ["data", "publish", "--help"], ["demo", "--help"], ["promote", "--help"], ["deploy", "serve", "--help"],
-    ["deploy", "targets", "--help"], ["sync", "--help"], ["sensitivity", "--help"], ["sensitivity", "r", "--top", "0"], ["agent", "--help"], ["agent", "predict", "--help"],
+    ["deploy", "targets", "--help"], ["sync", "--help"], ["sensitivity", "--help"], ["sensitivity", "r", "--top", "0"],
+    ["agent", "--help"], ["agent", "predict", "--help"],
     ["train", "--no-such-flag"], ["promote", "m", "1"], ["deploy", "serve", "--port", "x"],
 ])
 def test_help_and_argument_errors_import_nothing_heavy(argv: list[str]) -> None:

@@ -16,9 +16,10 @@ PHASES = ("fp32", "qat", "export", "verify")
 
 class TrainingStatus(L.Callback):
     """Sets ``edgeqat.phase``, ``edgeqat.progress`` (0-100), ``edgeqat.eta_s`` and the run's
-    description (the same in words, ``tracking/summary.py``) at most every ``interval_s`` seconds. Progress spans the whole job's training budget: this fit covers epochs
-    ``[epoch_offset, epoch_offset + max_epochs)`` of ``total_epochs``. ``edgeqat.status`` itself is
-    owned by the run's lifecycle (``tracked_run``).
+    description (the same in words, ``tracking/summary.py``) at most every ``interval_s`` seconds.
+    Progress spans the whole job's training budget: this fit covers epochs ``[epoch_offset,
+    epoch_offset + max_epochs)`` of ``total_epochs``. ``edgeqat.status`` itself is owned by the
+    run's lifecycle (``tracked_run``).
     """
 
     def __init__(self, recorder: RunRecorder, phase: str = "fp32", epoch_offset: int = 0,

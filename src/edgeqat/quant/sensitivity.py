@@ -131,7 +131,8 @@ def _read_unrounded(graph: onnx.GraphProto, node: onnx.NodeProto, producers: Map
     prefix = f"{node.name}_unrounded_input"
     for end, value in zip(("min", "max"), bounds):
         graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), f"{prefix}_{end}"))
-    clip = onnx.helper.make_node("Clip", [q.input[0], f"{prefix}_min", f"{prefix}_max"], [prefix], name=f"{prefix}_clip")
+    clip = onnx.helper.make_node("Clip", [q.input[0], f"{prefix}_min", f"{prefix}_max"], [prefix],
+                                 name=f"{prefix}_clip")
     graph.node.insert(list(graph.node).index(node), clip)
     node.input[0] = prefix
 
