@@ -162,9 +162,9 @@ def main() -> None:
     if args.fallback is not None:
         return main_fallback(args)
     args.out = args.out or str(Path(__file__).parent / "results" / "qat_accuracy.json")
-    runs, rows = [], []
+    runs, rows, earlier = [], [], {}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    if args.append and Path(args.out).exists():  # models measured by an earlier invocation stay
+    if args.append and Path(args.out).exists():  # models measured by an earlier invocation stay, and its fallbacks
         earlier = json.loads(Path(args.out).read_text())
         runs = [r for r in earlier["runs"] if r["model"] not in args.models]
         rows = [summarize(m, [r for r in runs if r["model"] == m]) for m in dict.fromkeys(r["model"] for r in runs)]
@@ -177,7 +177,7 @@ def main() -> None:
             runs += model_runs
             rows.append(summarize(model, model_runs))
             # Written after every model: a long benchmark stopped half way keeps what it measured.
-            Path(args.out).write_text(json.dumps({"machine": machine_facts(), "store": args.store,
+            Path(args.out).write_text(json.dumps({**earlier, "machine": machine_facts(), "store": args.store,
                                                   "config": f"experiment=compare {args.extra or 'data=mnist5k'}",
                                                   "rows": rows, "runs": runs}, indent=1))
     print(f"Means over seeds {args.seeds}; QAT - PTQ per seed in accuracy points.")
