@@ -104,13 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("agent", help="the device agent: edgeqat agent --target NAME | edgeqat agent predict IMAGE...",
                    add_help=False)
 
+    from edgeqat.agent.cli import _positive  # stdlib only: the parser stays light
+
     sens = sub.add_parser("sensitivity", help="per-layer INT8 sensitivity of a finished run, logged into it")
     sens.add_argument("run_id", help="a run trained with quant=qat_int8 or quant=ptq_int8")
     sens.add_argument("--scope", choices=["weights", "layer"], default=None,  # quant.sensitivity.SCOPES
                       help="left float: the weights, or the input activation too (default: the run's quant.float_scope)")
-    sens.add_argument("--images", type=_positive, default=None,
+    sens.add_argument("--images", type=_positive(int), default=None,
                       help="validation images (default: the run's quant.sensitivity_images)")
-    sens.add_argument("--top", type=_positive, default=10, help="rows printed (all are logged)")
+    sens.add_argument("--top", type=_positive(int), default=10, help="rows printed (all are logged)")
     sens.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     sens.set_defaults(func=_sensitivity)
 
@@ -119,13 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--tracking-uri", help="server to upload to (default: the one the run was logging to)")
     sync.set_defaults(func=_sync)
     return parser
-
-
-def _positive(text: str) -> int:
-    value = int(text) if text.isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a count, at least 1")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

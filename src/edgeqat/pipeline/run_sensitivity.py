@@ -6,7 +6,8 @@ best one before export). A row needs each layer's weights *before rounding*:
 
 * ORT PTQ (``quant.mode=ptq_int8``): the FP32 file's (:func:`~edgeqat.quant.sensitivity.float_weights_of`);
 * QAT: the fake-quant model is rebuilt from the checkpoint (same backbone, same ``prepare_qat``
-  arguments, the run's recorded weight format), checked to export *exactly* the run's INT8 file,
+  arguments, the run's recorded weight format), checked to export a file whose outputs equal the
+  run's INT8 file's exactly (on 64 validation images),
   then exported once more with its weights unfolded (``qat_float_weights``). A rebuild that does
   not reproduce the file is refused: its weights would describe another model.
 
