@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--store", default=None,
                         help="keep the runs' MLflow store here (default: a temporary folder, removed at the end); "
                              "--fallback reads the FP32 checkpoints from it")
-    parser.add_argument("--append", action="store_true", help="keep the other models' rows already in --out")
+    parser.add_argument("--append", action="store_true", help="keep the runs already in --out that this call does not redo (other models, other seeds)")
     parser.add_argument("--fallback", type=float, default=None, metavar="MAX_DROP",
                         help="no training: PTQ + float fallback (quant.fallback.max_drop) from the FP32 checkpoints of "
                              "the runs in --out (kept with --store) where PTQ lost more than MAX_DROP")
@@ -164,18 +164,17 @@ def main() -> None:
     args.out = args.out or str(Path(__file__).parent / "results" / "qat_accuracy.json")
     runs, rows, earlier = [], [], {}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    if args.append and Path(args.out).exists():  # models measured by an earlier invocation stay, and its fallbacks
+    if args.append and Path(args.out).exists():  # (model, seed) pairs measured earlier stay, and the fallbacks
         earlier = json.loads(Path(args.out).read_text())
-        runs = [r for r in earlier["runs"] if r["model"] not in args.models]
-        rows = [summarize(m, [r for r in runs if r["model"] == m]) for m in dict.fromkeys(r["model"] for r in runs)]
+        rerun = {(m, s) for m in args.models for s in args.seeds}
+        runs = [r for r in earlier["runs"] if (r["model"], r["seed"]) not in rerun]
     with _store(args.store) as store:
         for model in args.models:
-            model_runs = []
             for seed in args.seeds:
-                model_runs.append(run_model(model, seed, args.extra.split(), store))
-                print(json.dumps(model_runs[-1]), flush=True)
-            runs += model_runs
-            rows.append(summarize(model, model_runs))
+                runs.append(run_model(model, seed, args.extra.split(), store))
+                print(json.dumps(runs[-1]), flush=True)
+            models = dict.fromkeys(r["model"] for r in runs)
+            rows = [summarize(m, [r for r in runs if r["model"] == m]) for m in models]
             # Written after every model: a long benchmark stopped half way keeps what it measured.
             Path(args.out).write_text(json.dumps({**earlier, "machine": machine_facts(), "store": args.store,
                                                   "config": f"experiment=compare {args.extra or 'data=mnist5k'}",
