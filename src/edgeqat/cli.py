@@ -16,6 +16,8 @@ def _train(args: argparse.Namespace) -> int:
     from edgeqat.config import compose_config
 
     overrides = list(args.overrides) + shlex.split(args.overrides_string or "")
+    if args.multirun:
+        return _sweep(overrides, args.cfg)
     cfg = compose_config(overrides)
     if args.cfg:
         print(OmegaConf.to_yaml(cfg))
@@ -29,6 +31,24 @@ def _train(args: argparse.Namespace) -> int:
               f"spooled at {result.spool_path}: upload it with `edgeqat sync {result.spool_path}`", file=sys.stderr)
         return 3
     return 0
+
+
+def _sweep(overrides: list[str], show_jobs: bool) -> int:
+    from edgeqat.sweep import plan_sweep, run_sweep
+
+    if show_jobs:
+        plan = plan_sweep(overrides)
+        print("\n".join(f"job {i}: {plan.label(job)}" for i, job in enumerate(plan.jobs)))
+        return 0
+    result = run_sweep(overrides)
+    failed = [r for r in result.rows if r.status != "FINISHED"]
+    best = f"; best: {result.best.overrides} (run {result.best.run_id})" if result.best else ""
+    print(f"sweep {result.parent_run_id}: {len(result.rows) - len(failed)} of {len(result.rows) + result.missing} "
+          f"jobs finished{best}")
+    for r in failed:
+        print(f"edgeqat: warning: job {r.job} ({r.overrides}) {r.status}: {r.failure or 'no reason recorded'}",
+              file=sys.stderr)
+    return 0 if result.status == "FINISHED" else 1
 
 
 def _models_list(args: argparse.Namespace) -> int:
@@ -81,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=resnet18 trainer.max_epochs=2")
     train.add_argument("--overrides", dest="overrides_string", metavar="STR",
                        help="overrides as one shell-quoted string (what `mlflow run -P overrides=...` passes)")
-    train.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    train.add_argument("-m", "--multirun", action="store_true",
+                       help="a sweep (key=a,b ...): one parent MLflow run, a child run per job, Hydra's launcher "
+                            "(hydra/launcher=joblib for parallel processes)")
+    train.add_argument("--cfg", action="store_true", help="print the composed config (with -m: the jobs) and exit")
     train.set_defaults(func=_train)
 
     models = sub.add_parser("models", help="backbones")

@@ -155,6 +155,7 @@ class TrackingConfig:
     close_timeout_s: float = 60.0  # wait this long for an unreachable server at the end, then spool
     batch_window_s: float = 3.0  # metrics/tags wait this long to share one request with what follows
     tags: dict[str, str] = field(default_factory=dict)
+    parent_run_id: Optional[str] = None  # set by a sweep: this job's run is a child (mlflow.parentRunId) of it
 
 
 @dataclass
@@ -167,6 +168,20 @@ class RegistryConfig:
 
 
 @dataclass
+class SweepConfig:
+    """How a sweep's parent run picks its best child (``edgeqat train -m ...``, ``edgeqat/sweep``).
+
+    ``best`` names a column of the parent's summary table (``edgeqat.sweep.summary.COLUMNS``);
+    only children whose shipped model runs within ``max_latency_ms`` (batch 1, this CPU) compete.
+    """
+
+    best: str = "acc_int8"
+    mode: str = "max"  # max | min
+    max_latency_ms: Optional[float] = None  # None: no latency budget
+    swept_keys: list[str] = field(default_factory=list)  # set by the sweep: the keys it varies (a child's run name)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -175,6 +190,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 42
     output_dir: str = "outputs"
     ckpt_path: Optional[str] = None  # resume the FP32 fit from this checkpoint (e.g. a preempted.ckpt)
@@ -241,12 +257,17 @@ RANGES: dict[str, tuple[float, str]] = {
     "tracking.close_timeout_s": (0, "seconds to wait for the server at the end"),
     "tracking.batch_window_s": (0, "seconds metrics wait to share a request"),
     "tracking.system_metrics_interval_s": (0.1, "seconds between system metric samples"),
+    "sweep.max_latency_ms": (0, "the latency budget of the sweep's best child"),
 }
 
 
 # key -> the values it takes: strings the schema cannot enumerate without importing what defines them.
 CHOICES: dict[str, tuple[str, ...]] = {
     "quant.float_scope": ("weights", "layer"),  # edgeqat.quant.sensitivity.SCOPES
+    "sweep.mode": ("max", "min"),
+    # edgeqat.sweep.summary.COLUMNS that are numbers
+    "sweep.best": ("accuracy", "acc_fp32", "acc_int8", "acc_ptq", "acc_drop", "agreement", "latency_ms", "speedup",
+                   "size_mb"),
 }
 
 
@@ -272,9 +293,10 @@ def _explain(e: Exception) -> str:
     from hydra.errors import MissingConfigException
 
     if isinstance(e, MissingConfigException) and e.missing_cfg_file:
-        group = e.missing_cfg_file.split("/")[0]
+        depth = 2 if e.missing_cfg_file.startswith("hydra/") else 1  # hydra/launcher/<name>
+        parts = e.missing_cfg_file.split("/")
+        group, name = "/".join(parts[:depth]), "/".join(parts[depth:])
         choices = ", ".join(sorted(e.options or [])) or "none"
-        name = e.missing_cfg_file.split("/", 1)[-1]
         hint = f"; any timm model: model.name={name} (see: edgeqat models list)" if group == "model" else ""
         return f"Unknown {group} config {name!r}. Choose one of: {choices}{hint}"
     cause = e

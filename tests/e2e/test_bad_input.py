@@ -1,6 +1,6 @@
 """Every entry point answers bad input the same way: exit 2, one line on stderr naming the fix, no traceback.
 
-One table across ``train``, ``sensitivity``, ``stack``, ``data publish``, ``sync``, ``promote``, ``deploy``
+One table across ``train`` (single jobs and sweeps), ``sensitivity``, ``stack``, ``data publish``, ``sync``, ``promote``, ``deploy``
 and ``agent``:
 numbers out of range, wrong types, unknown groups and keys, missing and corrupt files, servers that
 are not there. Each case runs the real command in a subprocess against a throw-away SQLite store,
@@ -52,6 +52,12 @@ CASES = {
     "zero training samples": (["train", "data.max_train_samples=0"], "data.max_train_samples=0 is out of range"),
     "unknown float scope": (["train", "quant.float_scope=activations"], "quant.float_scope=activations: use one of"),
     "sensitivity of no such run": (["sensitivity", "0123456789abcdef"], "no run '0123456789abcdef'"),
+    # sweeps: every job's config is checked before the parent run exists
+    "sweep job that does not compose": (["train", "-m", "model=resnet18,nope"], "sweep job 'model=nope'"),
+    "sweep over an interval": (["train", "-m", "seed=interval(1,2)"], "list values as key=a,b,c"),
+    "sweep with an unknown launcher": (["train", "-m", "hydra/launcher=slurm", "seed=1,2"],
+                                       "Unknown hydra/launcher config 'slurm'"),
+    "sweep ranked by an unknown column": (["train", "-m", "seed=1,2", "sweep.best=acc"], "sweep.best=acc: use one of"),
     # the other entry points
     "stack port out of range": (["stack", "up", "--mlflow-port", "70000", "--home", "{tmp}/h"], "out of range"),
     "sync of a non-spool": (["sync", "{tmp}"], "is not an edgeqat spool"),

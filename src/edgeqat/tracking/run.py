@@ -126,7 +126,21 @@ def credentials_error(uri: str, exc: BaseException, action: str) -> TrackingErro
                          "says where the admin's password is)")
 
 
-def _open_run(client: Any, experiment_name: str | None, run_name: str | None, tags: Mapping[str, str]) -> str:
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests the run under its parent
+
+
+def _open_run(client: Any, experiment_name: str | None, run_name: str | None, tags: Mapping[str, str],
+              parent_run_id: str | None = None) -> str:
+    if parent_run_id:  # a sweep's job: a new run beside its parent, even under `mlflow run` (the parent's run)
+        try:
+            experiment_id = client.get_run(parent_run_id).info.experiment_id
+        except Exception as e:  # noqa: BLE001 - MLflow raises its own types for a missing run
+            if credentials_error(client.tracking_uri, e, "read runs") is not None:
+                raise
+            raise TrackingError(f"tracking.parent_run_id={parent_run_id} is not a run at {client.tracking_uri}: "
+                                "leave it unset (a sweep sets it)") from e
+        tags = {**tags, PARENT_TAG: parent_run_id}
+        return client.create_run(experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
         if tags:
@@ -158,8 +172,11 @@ def _raise_preempted(signum: int, frame: Any) -> None:
 @contextmanager
 def tracked_run(tracking_uri: str | None, experiment_name: str | None, output_dir: Path, run_name: str | None = None,
                 tags: Mapping[str, str] | None = None, close_timeout_s: float = 60.0,
-                batch_window_s: float = DEFAULT_BATCH_WINDOW_S) -> Iterator[RunContext]:
+                batch_window_s: float = DEFAULT_BATCH_WINDOW_S, parent_run_id: str | None = None,
+                ) -> Iterator[RunContext]:
     """Yield the run; end it FINISHED, FAILED (with ``edgeqat.failure`` + traceback) or KILLED.
+
+    With ``parent_run_id`` (a sweep's job) the run is a new child of that run, in its experiment.
 
     Only global rank zero owns the run. Lightning's DDP launcher re-runs this job for the other
     ranks; they get the same run id (from ``EDGEQAT_RUN_ID``, so checkpoint paths agree) and a
@@ -179,7 +196,7 @@ def tracked_run(tracking_uri: str | None, experiment_name: str | None, output_di
     client = MlflowClient(uri)
     run_name = scrub_secrets(run_name) if run_name else run_name
     try:
-        run_id = _open_run(client, experiment_name, run_name, scrub_secrets(dict(tags or {})))
+        run_id = _open_run(client, experiment_name, run_name, scrub_secrets(dict(tags or {})), parent_run_id)
     except Exception as e:
         refused = credentials_error(uri, e, "create runs")
         if refused is not None:
