@@ -68,7 +68,10 @@ def looks_secret(key: str) -> bool:
 
 def secret_values_from_env(env: Mapping[str, str] | None = None) -> frozenset[str]:
     """Values of secret-looking environment variables, long enough to mask safely."""
-    env = os.environ if env is None else env
+    if env is None:
+        # key by key, not os.environ.items(): another thread (MLflow's telemetry) may unset a variable
+        # between the listing and the lookup, and items() then raises KeyError mid-run
+        env = {k: v for k in list(os.environ) if (v := os.environ.get(k)) is not None}
     return frozenset(v for k, v in env.items() if looks_secret(k) and len(v) >= MIN_SECRET_VALUE_LENGTH)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from edgeqat.tracking.secrets import MASK, looks_secret, mask_url, scrub_secrets
+from edgeqat.tracking.secrets import MASK, looks_secret, mask_url, scrub_secrets, secret_values_from_env
 
 
 @pytest.mark.parametrize("key", [
@@ -67,3 +69,34 @@ def test_dictconfig_in_dictconfig_out_with_interpolations_resolved(monkeypatch: 
 def test_presigned_url_signature_is_masked() -> None:
     url = "http://127.0.0.1:8333/b/k?X-Amz-Credential=AKIA%2F&X-Amz-Signature=deadbeef&partNumber=1"
     assert mask_url(url) == f"http://127.0.0.1:8333/b/k?X-Amz-Credential={MASK}&X-Amz-Signature={MASK}&partNumber=1"
+
+
+class _VanishingEnviron(MutableMapping):
+    """``os.environ`` as another thread changes it: a listed variable is gone by the time it is read."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+
+    def __iter__(self):
+        yield from self.values
+        yield "_MLFLOW_TELEMETRY_SESSION_ID"  # MLflow's telemetry thread unsets it mid-iteration
+
+    def __len__(self) -> int:
+        return len(self.values) + 1
+
+    def __getitem__(self, key: str) -> str:
+        return self.values[key]  # KeyError for the vanished one, as os.environ raises
+
+    def __setitem__(self, key: str, value: str) -> None:  # what other fixtures' teardown may do meanwhile
+        self.values[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.values[key]
+
+
+def test_a_variable_unset_by_another_thread_mid_scan_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen in a sweep job under submitit: KeyError from os.environ.items() while logging the config.
+    import os
+
+    monkeypatch.setattr(os, "environ", _VanishingEnviron({"MY_API_TOKEN": "s3cr3t-value-123", "HOME": "/root"}))
+    assert secret_values_from_env() == frozenset({"s3cr3t-value-123"})
