@@ -1,6 +1,7 @@
 """One job of a sweep, as Hydra's launcher runs it: ``train`` into a child run of the sweep's parent.
 
-The wiring is in the job's own config (``tracking.parent_run_id``, ``sweep.keys``), which every
+The wiring is in the job's own config (``tracking.parent_run_id``, ``tracking.tracking_uri``,
+``sweep.swept_keys``), which every
 launcher composes and ships with the job: the basic launcher in this process, joblib in worker
 processes, submitit on SLURM nodes, Ray on other machines. Nothing rides on environment
 variables, a shared working directory or return values, which not every launcher carries.
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 
 JOB_TAG = "edgeqat.sweep.job"  # the job's number in the sweep
 OVERRIDES_TAG = "edgeqat.sweep.overrides"  # its swept values, e.g. "model=resnet18 quant=qat_int8"
-SET_BY_SWEEP = ("tracking.parent_run_id", "sweep.swept_keys")  # overrides the sweep adds: not the user's
+# overrides the sweep adds (the wiring), left out of the child's logged overrides; the config has them
+SET_BY_SWEEP = ("tracking.parent_run_id", "tracking.tracking_uri", "sweep.swept_keys")
 
 # A launcher's worker process composes the job's config from the schema in its own ConfigStore.
 register_configs()
