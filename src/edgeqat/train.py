@@ -19,6 +19,7 @@ from edgeqat.data import ClassificationDataModule
 from edgeqat.errors import EdgeqatError
 from edgeqat.lightning_modules import ClassifierModule
 from edgeqat.pipeline import JobContext, fit_and_test, make_trainer, run_recipe
+from edgeqat.pipeline.recipes import Int8Model
 from edgeqat.pipeline.register import log_models
 from edgeqat.pipeline.sensitivity import analyse_layers
 from edgeqat.pipeline.verify import export_fp32, target_tags, verify
@@ -108,18 +109,25 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
         ctx = JobContext(cfg, run, datamodule, module, weights)
         trainer, checkpoint = make_trainer(cfg, run, "fp32", ctx.fp32_epochs, total_epochs=ctx.total_epochs)
         ctx.metrics.update(fit_and_test(trainer, checkpoint, module, datamodule, cfg.ckpt_path))
+        ctx.fp32_steps = trainer.global_step
         run.recorder.set_tags(phase_tags("export"))
-        fp32_onnx = export_fp32(ctx)
+        fp32_onnx = export_fp32(ctx) if ctx.is_global_zero else None
         int8 = run_recipe(ctx, fp32_onnx)
-        if int8 is not None:
-            int8 = analyse_layers(ctx, fp32_onnx, int8)  # quant.sensitivity / quant.fallback; else as is
-        ctx.metrics.update(verify(ctx, fp32_onnx, int8))
-        registered = log_models(ctx, fp32_onnx, int8)
-        run.recorder.set_tags({NOTE_TAG: verdict_note(ctx.metrics)})
+        registered = _deliver(ctx, fp32_onnx, int8) if fp32_onnx is not None else None
     version = registered_version(run, registered)
     summary = {k: round(v, 4) for k, v in ctx.metrics.items() if k.startswith(("test/acc", "int8/"))}
     log.info("run %s: %s", run.run_id, summary)
     return TrainResult(run.run_id, ctx.metrics, run.spool_path, version)
+
+
+def _deliver(ctx: JobContext, fp32_onnx: Path, int8: Int8Model | None) -> str | None:
+    """Rank zero's part after training: layer analysis, verification, models, the verdict."""
+    if int8 is not None:
+        int8 = analyse_layers(ctx, fp32_onnx, int8)  # quant.sensitivity / quant.fallback; else as is
+    ctx.metrics.update(verify(ctx, fp32_onnx, int8))
+    registered = log_models(ctx, fp32_onnx, int8)
+    ctx.run.recorder.set_tags({NOTE_TAG: verdict_note(ctx.metrics)})
+    return registered
 
 
 def registered_version(run: RunContext, name: str | None) -> str | None:

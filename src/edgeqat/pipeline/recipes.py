@@ -39,6 +39,7 @@ class JobContext:
     module: ClassifierModule
     weights: WeightFormat
     metrics: dict[str, float] = field(default_factory=dict)
+    fp32_steps: int = 0  # optimizer steps the FP32 phase took: where QAT's steps continue on the run's axis
 
     @property
     def ort_gemm_convs(self) -> bool:
@@ -56,6 +57,17 @@ class JobContext:
     def total_epochs(self) -> int:
         qat = self.cfg.quant.qat_epochs if self.cfg.quant.mode == "qat_int8" else 0
         return self.fp32_epochs + qat
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this process writes the job's files and run (the only one, or DDP's rank zero).
+
+        Under DDP every rank runs the job; the others' share is the training (gradients, and the
+        observer and BN buffers DDP broadcasts from rank zero at every forward), not the exports.
+        """
+        from lightning.pytorch.utilities import rank_zero_only
+
+        return getattr(rank_zero_only, "rank", 0) == 0
 
     @property
     def models_dir(self) -> Path:
@@ -82,7 +94,8 @@ class Int8Model:
     float_weights: dict[str, np.ndarray] | None = None
 
 
-Recipe = Callable[[JobContext, Path], Int8Model | None]
+# (context, the FP32 ONNX file: None on DDP ranks other than zero, which only train) -> the INT8 model
+Recipe = Callable[[JobContext, Path | None], Int8Model | None]
 _RECIPES: dict[str, Recipe] = {}
 
 
@@ -100,7 +113,7 @@ def list_recipes() -> list[str]:
     return sorted(_RECIPES)
 
 
-def run_recipe(ctx: JobContext, fp32_onnx: Path) -> Int8Model | None:
+def run_recipe(ctx: JobContext, fp32_onnx: Path | None) -> Int8Model | None:
     mode = ctx.cfg.quant.mode
     if mode not in _RECIPES:
         raise EdgeqatError(f"Unknown quant.mode {mode!r}: choose one of {', '.join(list_recipes())} (quant=<name>)")
@@ -108,13 +121,13 @@ def run_recipe(ctx: JobContext, fp32_onnx: Path) -> Int8Model | None:
 
 
 @register_recipe("fp32")
-def fp32_only(ctx: JobContext, fp32_onnx: Path) -> None:
+def fp32_only(ctx: JobContext, fp32_onnx: Path | None) -> None:
     """No quantization: the FP32 ONNX model is the deliverable."""
     return None
 
 
 @register_recipe("qat_int8")
-def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
+def qat_int8(ctx: JobContext, fp32_onnx: Path | None) -> Int8Model | None:
     """Fake-quant fine-tuning of the FP32 weights, then convert and export the INT8 graph."""
     from edgeqat.pipeline.sensitivity import qat_float_weights, wants_float_weights
     from edgeqat.quant import QATSchedule, convert, export_onnx, integer_reference_logits, prepare_qat
@@ -135,9 +148,11 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
     )
     trainer, checkpoint = make_trainer(
         ctx.cfg, ctx.run, "qat", q.qat_epochs, epoch_offset=ctx.fp32_epochs, total_epochs=ctx.total_epochs,
-        extra_callbacks=[QATSchedule(q.freeze_observer_epoch, q.freeze_bn_epoch)],
+        extra_callbacks=[QATSchedule(q.freeze_observer_epoch, q.freeze_bn_epoch)], step_offset=ctx.fp32_steps,
     )
     ctx.metrics.update(fit_and_test(trainer, checkpoint, qat_module, ctx.datamodule))
+    if not ctx.is_global_zero:
+        return None  # rank zero converts and exports; the same file written twice would race
     ctx.run.recorder.set_tags(phase_tags("export"))
     converted = convert(prepared)
     path = export_onnx(converted, ctx.example_input(), ctx.models_dir / "int8" / "model.onnx",
@@ -150,8 +165,10 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
 
 
 @register_recipe("ptq_int8")
-def ptq_int8(ctx: JobContext, fp32_onnx: Path) -> Int8Model:
+def ptq_int8(ctx: JobContext, fp32_onnx: Path | None) -> Int8Model | None:
     """ONNX Runtime static quantization of the FP32 model, calibrated on training batches."""
+    if fp32_onnx is None:
+        return None  # a DDP rank other than zero: nothing to train here
     return Int8Model(post_training_quantize(ctx, fp32_onnx, ctx.models_dir / "int8" / "model.onnx"))
 
 

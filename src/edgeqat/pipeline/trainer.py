@@ -15,9 +15,13 @@ from edgeqat.tracking import MlflowRunLogger, RunContext, lightning_handles_sigt
 
 
 def make_trainer(cfg: DictConfig, run: RunContext, phase: str, max_epochs: int, epoch_offset: int = 0,
-                 total_epochs: int | None = None, extra_callbacks: list[L.Callback] | None = None
-                 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A trainer for one phase (``fp32`` / ``qat``) writing into ``run``."""
+                 total_epochs: int | None = None, extra_callbacks: list[L.Callback] | None = None,
+                 step_offset: int = 0) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A trainer for one phase (``fp32`` / ``qat``) writing into ``run``.
+
+    ``epoch_offset``/``step_offset``: what earlier phases of the job trained, so that the phases
+    share one epoch count (status, ETA) and one step axis (each ``train/loss`` step logged once).
+    """
     tc = cfg.tracking
     ckpt_dir = run.output_dir / "checkpoints" / phase
     checkpoint, last = make_checkpoints(ckpt_dir)
@@ -35,7 +39,7 @@ def make_trainer(cfg: DictConfig, run: RunContext, phase: str, max_epochs: int, 
         digest = config_digest(OmegaConf.to_yaml(cfg, resolve=True))
         callbacks.append(CheckpointArtifacts(run.recorder, checkpoint, digest, phase))
     trainer = instantiate(cfg.trainer, max_epochs=max_epochs, default_root_dir=str(run.output_dir),
-                          logger=MlflowRunLogger(run.recorder), callbacks=callbacks)
+                          logger=MlflowRunLogger(run.recorder, step_offset), callbacks=callbacks)
     return trainer, checkpoint
 
 

@@ -20,9 +20,11 @@ from edgeqat.tracking.recorder import RunRecorder
 class MlflowRunLogger(Logger):
     """Queues Lightning's metrics for ``recorder``'s run (params are logged from the composed config)."""
 
-    def __init__(self, recorder: RunRecorder) -> None:
+    def __init__(self, recorder: RunRecorder, step_offset: int = 0) -> None:
+        """``step_offset``: steps an earlier phase of the job already logged (QAT continues FP32's axis)."""
         super().__init__()
         self.recorder = recorder
+        self.step_offset = step_offset
         self.logged_points = 0  # metric points handed to the recorder, for resilience checks
 
     @property
@@ -50,5 +52,5 @@ class MlflowRunLogger(Logger):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         metrics = {k: v for k, v in metrics.items() if k != "epoch"}
         if metrics:
-            self.recorder.log_metrics(metrics, step=step or 0)
+            self.recorder.log_metrics(metrics, step=self.step_offset + (step or 0))
             self.logged_points += len(metrics)
