@@ -18,6 +18,11 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + shlex.split(args.overrides_string or "")
     if args.multirun:
         return _sweep(overrides, args.cfg)
+    if any(o.startswith("resume=") for o in overrides):  # the run's own overrides first
+        from edgeqat.pipeline.resume import resume_overrides
+
+        uri = next((o.split("=", 1)[1] for o in overrides if o.startswith("tracking.tracking_uri=")), None)
+        overrides = resume_overrides(overrides, uri)
     cfg = compose_config(overrides)
     if args.cfg:
         print(OmegaConf.to_yaml(cfg))

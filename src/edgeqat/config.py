@@ -154,6 +154,9 @@ class TrackingConfig:
     max_imbalance: float = 3.0  # largest/smallest class ratio above which the run gets a data warning
     close_timeout_s: float = 60.0  # wait this long for an unreachable server at the end, then spool
     batch_window_s: float = 3.0  # metrics/tags wait this long to share one request with what follows
+    # the full trainer state (last.ckpt) uploaded to the run at most this often, for `resume=<run_id>`
+    # after a hard kill or a lost machine; None: never (the local copy only)
+    checkpoint_interval_s: Optional[float] = 300.0
     tags: dict[str, str] = field(default_factory=dict)
     parent_run_id: Optional[str] = None  # set by a sweep: this job's run is a child (mlflow.parentRunId) of it
 
@@ -194,6 +197,7 @@ class Config:
     seed: int = 42
     output_dir: str = "outputs"
     ckpt_path: Optional[str] = None  # resume the FP32 fit from this checkpoint (e.g. a preempted.ckpt)
+    resume: Optional[str] = None  # a run id: continue that run where it stopped (edgeqat train resume=<id>)
 
 
 def register_configs() -> None:
@@ -258,6 +262,7 @@ RANGES: dict[str, tuple[float, str]] = {
     "tracking.batch_window_s": (0, "seconds metrics wait to share a request"),
     "tracking.system_metrics_interval_s": (0.1, "seconds between system metric samples"),
     "sweep.max_latency_ms": (0, "the latency budget of the sweep's best child"),
+    "tracking.checkpoint_interval_s": (0, "seconds between uploads of the resumable checkpoint"),
 }
 
 

@@ -20,6 +20,7 @@ from edgeqat.errors import EdgeqatError
 from edgeqat.lightning_modules import ClassifierModule
 from edgeqat.pipeline import JobContext, fit_and_test, make_trainer, run_recipe
 from edgeqat.pipeline.recipes import Int8Model
+from edgeqat.pipeline.resume import RESUMED_TAG, ResumePoint, find_resume_point
 from edgeqat.pipeline.register import log_models
 from edgeqat.pipeline.sensitivity import analyse_layers
 from edgeqat.pipeline.verify import export_fp32, target_tags, verify
@@ -102,14 +103,21 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
     datamodule, module = build(cfg)
     tc = cfg.tracking
     with tracked_run(tc.tracking_uri, tc.experiment_name, cfg.output_dir, tc.run_name, dict(tc.tags),
-                     tc.close_timeout_s, tc.batch_window_s, tc.parent_run_id) as run, system_metrics(run, tc.system_metrics, tc.system_metrics_interval_s):
+                     tc.close_timeout_s, tc.batch_window_s, tc.parent_run_id, cfg.resume) as run, system_metrics(run, tc.system_metrics, tc.system_metrics_interval_s):
+        point = _resume_point(cfg, run) if cfg.resume else None
         log_run_config(run, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_yaml(cfg, resolve=True),
                        overrides, dataset=datamodule.name)
         run.recorder.set_tags(target_tags(detect_cpu(), weights))
         ctx = JobContext(cfg, run, datamodule, module, weights)
-        trainer, checkpoint = make_trainer(cfg, run, "fp32", ctx.fp32_epochs, total_epochs=ctx.total_epochs)
-        ctx.metrics.update(fit_and_test(trainer, checkpoint, module, datamodule, cfg.ckpt_path))
-        ctx.fp32_steps = trainer.global_step
+        if point is not None and point.phase == "qat":  # the FP32 fit finished in the first attempt
+            load_fp32_weights(module, str(point.fp32_best))
+            ctx.metrics.update(point.fp32_metrics)
+            ctx.fp32_steps, ctx.qat_checkpoint = point.fp32_steps, point.checkpoint
+        else:
+            trainer, checkpoint = make_trainer(cfg, run, "fp32", ctx.fp32_epochs, total_epochs=ctx.total_epochs)
+            resume_from = str(point.checkpoint) if point is not None and point.checkpoint else cfg.ckpt_path
+            ctx.metrics.update(fit_and_test(trainer, checkpoint, module, datamodule, resume_from))
+            ctx.fp32_steps = trainer.global_step
         run.recorder.set_tags(phase_tags("export"))
         fp32_onnx = export_fp32(ctx) if ctx.is_global_zero else None
         int8 = run_recipe(ctx, fp32_onnx)
@@ -118,6 +126,15 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
     summary = {k: round(v, 4) for k, v in ctx.metrics.items() if k.startswith(("test/acc", "int8/"))}
     log.info("run %s: %s", run.run_id, summary)
     return TrainResult(run.run_id, ctx.metrics, run.spool_path, version)
+
+
+def _resume_point(cfg: DictConfig, run: RunContext) -> ResumePoint:
+    """Where ``resume=<run_id>`` continues; what the first attempt logged is not logged again."""
+    point = find_resume_point(run.recorder.client, cfg.resume, run.output_dir, cfg.quant.mode)
+    run.recorder.skip_logged(point.logged_through)
+    run.recorder.set_tags({RESUMED_TAG: point.describe()})
+    log.info("run %s resumes in %s", run.run_id, point.describe())
+    return point
 
 
 def _deliver(ctx: JobContext, fp32_onnx: Path, int8: Int8Model | None) -> str | None:

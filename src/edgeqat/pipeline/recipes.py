@@ -40,6 +40,7 @@ class JobContext:
     weights: WeightFormat
     metrics: dict[str, float] = field(default_factory=dict)
     fp32_steps: int = 0  # optimizer steps the FP32 phase took: where QAT's steps continue on the run's axis
+    qat_checkpoint: Path | None = None  # a resumed job killed during QAT: the full state QAT continues from
 
     @property
     def ort_gemm_convs(self) -> bool:
@@ -150,7 +151,8 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path | None) -> Int8Model | None:
         ctx.cfg, ctx.run, "qat", q.qat_epochs, epoch_offset=ctx.fp32_epochs, total_epochs=ctx.total_epochs,
         extra_callbacks=[QATSchedule(q.freeze_observer_epoch, q.freeze_bn_epoch)], step_offset=ctx.fp32_steps,
     )
-    ctx.metrics.update(fit_and_test(trainer, checkpoint, qat_module, ctx.datamodule))
+    ctx.metrics.update(fit_and_test(trainer, checkpoint, qat_module, ctx.datamodule,
+                                    str(ctx.qat_checkpoint) if ctx.qat_checkpoint else None))
     if not ctx.is_global_zero:
         return None  # rank zero converts and exports; the same file written twice would race
     ctx.run.recorder.set_tags(phase_tags("export"))

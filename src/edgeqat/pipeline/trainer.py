@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from edgeqat.callbacks import CheckpointArtifacts, DatasetStats, PreemptionCheckpoint, TrainingStatus
+from edgeqat.callbacks import CheckpointArtifacts, DatasetStats, PreemptionCheckpoint, ResumeCheckpoint, TrainingStatus
 from edgeqat.callbacks.checkpoint_artifacts import config_digest
 from edgeqat.tracking import MlflowRunLogger, RunContext, lightning_handles_sigterm
 
@@ -24,11 +24,11 @@ def make_trainer(cfg: DictConfig, run: RunContext, phase: str, max_epochs: int, 
     """
     tc = cfg.tracking
     ckpt_dir = run.output_dir / "checkpoints" / phase
-    checkpoint, last = make_checkpoints(ckpt_dir)
+    checkpoint = make_checkpoint(ckpt_dir)
     callbacks: list[L.Callback] = [
         checkpoint,
-        last,
         PreemptionCheckpoint(run.recorder, ckpt_dir),
+        ResumeCheckpoint(run.recorder, ckpt_dir, phase, tc.checkpoint_interval_s),
         TrainingStatus(run.recorder, phase, epoch_offset, total_epochs, tc.status_interval_s),
         LearningRateMonitor(logging_interval="epoch"),
         *(extra_callbacks or []),
@@ -43,14 +43,12 @@ def make_trainer(cfg: DictConfig, run: RunContext, phase: str, max_epochs: int, 
     return trainer, checkpoint
 
 
-def make_checkpoints(ckpt_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+def make_checkpoint(ckpt_dir: Path) -> ModelCheckpoint:
     """``best.ckpt``: weights only (what test, export and ``quant.init_checkpoint`` load, and what the
-    run uploads: a third of the full state with AdamW's moments); ``last.ckpt``: the full trainer
-    state every epoch, local, for ``ckpt_path=.../last.ckpt`` to resume.
+    run uploads: a third of the full state with AdamW's moments). The full state every epoch,
+    ``last.ckpt``, is :class:`ResumeCheckpoint`'s.
     """
-    best = ModelCheckpoint(dirpath=ckpt_dir, monitor="val/acc", mode="max", filename="best", save_weights_only=True)
-    last = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True)
-    return best, last
+    return ModelCheckpoint(dirpath=ckpt_dir, monitor="val/acc", mode="max", filename="best", save_weights_only=True)
 
 
 def fit_and_test(trainer: L.Trainer, checkpoint: ModelCheckpoint, module: L.LightningModule,
@@ -58,5 +56,7 @@ def fit_and_test(trainer: L.Trainer, checkpoint: ModelCheckpoint, module: L.Ligh
     """Fit, then test the best checkpoint; returns the trainer's final scalar metrics."""
     with lightning_handles_sigterm():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint.best_model_path or None)
+        best = checkpoint.best_model_path
+        # a resume on another machine restores ModelCheckpoint's memory of a best file it does not have
+        trainer.test(module, datamodule=datamodule, ckpt_path=best if best and Path(best).exists() else None)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

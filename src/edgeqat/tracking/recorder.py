@@ -70,6 +70,7 @@ class RunRecorder:
         self.sent_ops = 0
         self.rejected: list[tuple[dict[str, Any], str]] = []
         self.outage_started: float | None = None
+        self.logged_through: dict[str, int] = {}  # key -> the step it already has (a resumed run)
         self._thread = threading.Thread(target=self._worker, name="edgeqat-recorder", daemon=True)
         if client is not None:
             self._thread.start()
@@ -97,7 +98,17 @@ class RunRecorder:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0, timestamp_ms: int | None = None) -> None:
         ts = timestamp_ms or int(time.time() * 1000)
-        self._put({"op": "metrics", "metrics": [[k, float(v), ts, int(step)] for k, v in metrics.items()]})
+        points = [[k, float(v), ts, int(step)] for k, v in metrics.items() if step > self.logged_through.get(k, -1)]
+        if points:
+            self._put({"op": "metrics", "metrics": points})
+
+    def skip_logged(self, through: Mapping[str, int]) -> None:
+        """A resumed run: drop points at or below the step each key already has on the server.
+
+        The resumed job replays the epoch it was killed in; its steps the first attempt already
+        sent stay as they are, so each step of each metric is logged once over both attempts.
+        """
+        self.logged_through = dict(through)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._put({"op": "params", "params": {k: str(v) for k, v in params.items()}})

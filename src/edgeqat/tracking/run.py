@@ -130,7 +130,10 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests the run under it
 
 
 def _open_run(client: Any, experiment_name: str | None, run_name: str | None, tags: Mapping[str, str],
-              parent_run_id: str | None = None) -> str:
+              parent_run_id: str | None = None, resume_run_id: str | None = None) -> str:
+    if resume_run_id:  # `resume=<id>`: the same run, RUNNING again (a SIGKILLed one still says RUNNING)
+        client.update_run(resume_run_id, status="RUNNING")
+        return resume_run_id
     if parent_run_id:  # a sweep's job: a new run beside its parent, even under `mlflow run` (the parent's run)
         try:
             experiment_id = client.get_run(parent_run_id).info.experiment_id
@@ -173,10 +176,11 @@ def _raise_preempted(signum: int, frame: Any) -> None:
 def tracked_run(tracking_uri: str | None, experiment_name: str | None, output_dir: Path, run_name: str | None = None,
                 tags: Mapping[str, str] | None = None, close_timeout_s: float = 60.0,
                 batch_window_s: float = DEFAULT_BATCH_WINDOW_S, parent_run_id: str | None = None,
-                ) -> Iterator[RunContext]:
+                resume_run_id: str | None = None) -> Iterator[RunContext]:
     """Yield the run; end it FINISHED, FAILED (with ``edgeqat.failure`` + traceback) or KILLED.
 
-    With ``parent_run_id`` (a sweep's job) the run is a new child of that run, in its experiment.
+    With ``parent_run_id`` (a sweep's job) the run is a new child of that run, in its experiment;
+    with ``resume_run_id`` it is that run again.
 
     Only global rank zero owns the run. Lightning's DDP launcher re-runs this job for the other
     ranks; they get the same run id (from ``EDGEQAT_RUN_ID``, so checkpoint paths agree) and a
@@ -196,7 +200,8 @@ def tracked_run(tracking_uri: str | None, experiment_name: str | None, output_di
     client = MlflowClient(uri)
     run_name = scrub_secrets(run_name) if run_name else run_name
     try:
-        run_id = _open_run(client, experiment_name, run_name, scrub_secrets(dict(tags or {})), parent_run_id)
+        run_id = _open_run(client, experiment_name, run_name, scrub_secrets(dict(tags or {})), parent_run_id,
+                           resume_run_id)
     except Exception as e:
         refused = credentials_error(uri, e, "create runs")
         if refused is not None:
@@ -250,9 +255,10 @@ def log_run_config(ctx: RunContext, config: Mapping[str, Any], config_yaml: str,
     existing = ctx.recorder.client.get_run(ctx.run_id).data
     ctx.recorder.log_text(config_yaml, "config/config.yaml")
     params = flatten_config(config)
-    if "overrides" not in existing.params:  # `mlflow run` already logged its entry-point parameter
-        params["overrides"] = overrides_text
-    ctx.recorder.log_params(params)
+    params["overrides"] = overrides_text
+    # `mlflow run` logged its entry-point parameter `overrides` already, and a resumed run all of them
+    # (`resume` and `overrides` now differ, and MLflow refuses to change a param)
+    ctx.recorder.log_params({k: v for k, v in params.items() if k not in existing.params})
     tags = {"edgeqat.dataset": dataset, "edgeqat.overrides": overrides_text[:5000]}
     commit = git_commit()
     if commit and "mlflow.source.git.commit" not in existing.tags:
