@@ -52,6 +52,8 @@ CASES = {
     "zero training samples": (["train", "data.max_train_samples=0"], "data.max_train_samples=0 is out of range"),
     "unknown float scope": (["train", "quant.float_scope=activations"], "quant.float_scope=activations: use one of"),
     "sensitivity of no such run": (["sensitivity", "0123456789abcdef"], "no run '0123456789abcdef'"),
+    "resume of no such run": (["train", "resume=0123456789abcdef"], "resume=0123456789abcdef: no such run"),
+    "negative checkpoint interval": (["train", "tracking.checkpoint_interval_s=-1"], "is out of range"),
     # sweeps: every job's config is checked before the parent run exists
     "sweep job that does not compose": (["train", "-m", "model=resnet18,nope"], "sweep job 'model=nope'"),
     "sweep over an interval": (["train", "-m", "seed=interval(1,2)"], "list values as key=a,b,c"),

@@ -1,4 +1,8 @@
-"""A real ``mlflow server`` goes away mid-training: nothing lost, nothing twice, the run finishes."""
+"""A real ``mlflow server`` goes away mid-training: nothing lost, nothing twice, the run finishes.
+
+"Twice" is counted on the wire (``CountingProxy`` between the job and the server): the SQL store
+silently drops a resent point identical to one it has, so its history could not show a resend.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from tests.fixtures.counting_proxy import CountingProxy
 
 pytestmark = pytest.mark.integration
 
@@ -39,32 +45,33 @@ def _wait_for_points(client: MlflowClient, proc: subprocess.Popen, n: int) -> st
     raise AssertionError(f"job logged fewer than {n} points: {proc.poll()}")
 
 
-def _assert_complete(client: MlflowClient, run_id: str, epochs: int) -> list:
+def _assert_complete(client: MlflowClient, run_id: str, epochs: int, proxy: CountingProxy) -> list:
     history = client.get_metric_history(run_id, "train/loss")
-    steps = sorted(m.step for m in history)
-    assert len(history) == epochs * STEPS_PER_EPOCH  # every point the trainer produced ...
-    assert len(set(steps)) == len(steps)  # ... exactly once
-    assert len(client.get_metric_history(run_id, "val/acc")) == epochs
+    every_step = list(range(epochs * STEPS_PER_EPOCH))
+    assert sorted(m.step for m in history) == every_step  # every point the trainer produced is there ...
+    assert proxy.points("train/loss") == every_step  # ... and was sent exactly once
+    assert len(client.get_metric_history(run_id, "val/acc")) == len(proxy.points("val/acc")) == epochs
     return history
 
 
 def test_server_down_for_12s_mid_training_loses_nothing(mlflow_server, tmp_path: Path) -> None:
     server = mlflow_server()
     client = MlflowClient(server.url)
-    proc = _start_job(server.url, tmp_path, EPOCHS)
-    run_id = _wait_for_points(client, proc, STEPS_PER_EPOCH)
-    server.stop()
-    down_at = time.time()
-    time.sleep(12)
-    assert proc.poll() is None, "training should go on while the server is away"
-    server.start()
-    up_at = time.time()
-    _, err = proc.communicate(timeout=400)
+    with CountingProxy(server.url) as proxy:
+        proc = _start_job(proxy.url, tmp_path, EPOCHS)
+        run_id = _wait_for_points(client, proc, STEPS_PER_EPOCH)
+        server.stop()
+        down_at = time.time()
+        time.sleep(12)
+        assert proc.poll() is None, "training should go on while the server is away"
+        server.start()
+        up_at = time.time()
+        _, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err[-3000:]
 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["edgeqat.status"] == "FINISHED"
-    history = _assert_complete(client, run_id, EPOCHS)
+    history = _assert_complete(client, run_id, EPOCHS, proxy)
     during = [m for m in history if down_at * 1000 < m.timestamp < up_at * 1000]
     assert during, "no point was produced while the server was down: the outage did not overlap training"
 
@@ -72,23 +79,24 @@ def test_server_down_for_12s_mid_training_loses_nothing(mlflow_server, tmp_path:
 def test_server_never_back_spools_and_sync_uploads_later(mlflow_server, tmp_path: Path) -> None:
     server = mlflow_server()
     client = MlflowClient(server.url)
-    proc = _start_job(server.url, tmp_path, 3, "tracking.close_timeout_s=3")
-    run_id = _wait_for_points(client, proc, 3)
-    server.stop()
-    _, err = proc.communicate(timeout=400)
-    assert proc.returncode == 3, err[-3000:]
-    spool = tmp_path / "out" / "spool" / run_id
-    assert f"edgeqat sync {spool}" in err
-    assert (spool / "ops.jsonl").exists()
+    with CountingProxy(server.url) as proxy:
+        proc = _start_job(proxy.url, tmp_path, 3, "tracking.close_timeout_s=3")
+        run_id = _wait_for_points(client, proc, 3)
+        server.stop()
+        _, err = proc.communicate(timeout=400)
+        assert proc.returncode == 3, err[-3000:]
+        spool = tmp_path / "out" / "spool" / run_id
+        assert f"edgeqat sync {spool}" in err
+        assert (spool / "ops.jsonl").exists()
 
-    server.start()  # "later": same server and database, the run still RUNNING there
-    assert client.get_run(run_id).info.status == "RUNNING"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server.url}
-    sync = subprocess.run([sys.executable, "-m", "edgeqat", "sync", str(spool)], capture_output=True, text=True,
-                          env=env, timeout=300)
+        server.start()  # "later": same server and database, the run still RUNNING there
+        assert client.get_run(run_id).info.status == "RUNNING"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": proxy.url}
+        sync = subprocess.run([sys.executable, "-m", "edgeqat", "sync", str(spool)], capture_output=True, text=True,
+                              env=env, timeout=300)
     assert sync.returncode == 0, sync.stderr[-2000:]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    _assert_complete(client, run_id, 3)
+    _assert_complete(client, run_id, 3, proxy)  # what the job sent before the outage is not sent again
     checkpoints = {a.path for a in client.list_artifacts(run_id, "checkpoints/fp32")}
     assert "checkpoints/fp32/best.ckpt" in checkpoints
