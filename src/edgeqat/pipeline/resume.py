@@ -108,10 +108,13 @@ def _artifacts(client: Any, run_id: str, path: str) -> set[str]:
 
 
 def _client(tracking_uri: str | None) -> Any:
+    import logging
+
     from mlflow.tracking import MlflowClient
 
     from edgeqat.tracking import resolve_tracking_uri
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # a refusal is one line, not the store's set-up INFO
     return MlflowClient(resolve_tracking_uri(tracking_uri))
 
 
