@@ -26,7 +26,7 @@ from tests.fixtures.servers import MlflowServerFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
-EPOCHS = 4  # FP32, then as many QAT
+EPOCHS = 3  # FP32, then as many QAT
 JOB = ["data=digits", "data.image_size=16", "model=resnet18", "model.name=test_resnet", "quant=qat_int8",
        f"trainer.max_epochs={EPOCHS}", f"quant.qat_epochs={EPOCHS}", "trainer.log_every_n_steps=1",
        "quant.benchmark_resolutions=[]", "quant.latency_iters=5", "trainer.enable_progress_bar=false",
