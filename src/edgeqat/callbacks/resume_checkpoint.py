@@ -3,7 +3,7 @@
 A SIGKILL, an OOM kill or a lost machine runs no handler, so what a resume can use is what was
 written before. After each epoch's validation this saves ``last.ckpt`` (weights, optimizer, loop
 and callback state: ``ckpt_path=.../last.ckpt`` or ``resume=<run_id>`` continues from it) and, at
-most every ``interval_s``, queues it on the run's recorder as ``checkpoints/<phase>/last.ckpt``.
+most every ``interval_s`` (the first one an interval into the fit), queues it on the run's recorder as ``checkpoints/<phase>/last.ckpt``.
 The recorder sends in order, so when the server has the checkpoint it also has every metric logged
 before it: a resume from it leaves no gap. (Lightning's ``ModelCheckpoint(save_last=True)`` writes
 ``last.ckpt`` only when it saved a top-k file in the same step, i.e. never with ``save_top_k=0``.)
@@ -29,6 +29,12 @@ class ResumeCheckpoint(L.Callback):
     def __init__(self, recorder: RunRecorder, dirpath: Path, phase: str, interval_s: float | None) -> None:
         self.recorder, self.path, self.phase, self.interval_s = recorder, Path(dirpath) / "last.ckpt", phase, interval_s
         self._last_upload = float("-inf")
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the first upload after one interval: a job shorter than that has little to lose, and the
+        # full state (3x the weights with AdamW) is not worth sending for it
+        self._last_upload = time.monotonic()
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
