@@ -109,7 +109,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
                        overrides, dataset=datamodule.name)
         run.recorder.set_tags(target_tags(detect_cpu(), weights))
         ctx = JobContext(cfg, run, datamodule, module, weights)
-        if point is not None and point.phase == "qat":  # the FP32 fit finished in the first attempt
+        if point is not None and point.phase != "fp32":  # the FP32 fit finished in the first attempt
             load_fp32_weights(module, str(point.fp32_best))
             ctx.metrics.update(point.fp32_metrics)
             ctx.fp32_steps, ctx.qat_checkpoint = point.fp32_steps, point.checkpoint

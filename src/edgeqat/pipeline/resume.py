@@ -33,12 +33,12 @@ class ResumePoint:
     """Where a resumed job starts, and what its first attempt already logged."""
 
     run_id: str
-    phase: str  # the phase in progress: fp32 | qat
+    phase: str  # the phase in progress: fp32 | qat | export (the FP32 fit is done and nothing else trains)
     checkpoint: Path | None  # its full trainer state (None: the phase starts over)
     source: str  # where the checkpoint came from: local | run artifacts | none
-    fp32_best: Path | None = None  # phase qat: the FP32 weights QAT starts from
-    fp32_steps: int = 0  # phase qat: the FP32 fit's steps (QAT's steps continue after them)
-    fp32_metrics: dict[str, float] = field(default_factory=dict)  # phase qat: the FP32 test results
+    fp32_best: Path | None = None  # after the FP32 fit: its best weights (what QAT or the export starts from)
+    fp32_steps: int = 0  # after the FP32 fit: its steps (QAT's steps continue after them)
+    fp32_metrics: dict[str, float] = field(default_factory=dict)  # after the FP32 fit: its test results
     logged_through: dict[str, int] = field(default_factory=dict)  # metric -> the highest step the run has
 
     def describe(self) -> str:
@@ -76,8 +76,9 @@ def find_resume_point(client: Any, run_id: str, run_dir: Path, quant_mode: str) 
         client.download_artifacts(run_id, "checkpoints/fp32/best.ckpt", str(fp32_dir))
     steps = int(meta["global_step"])
     fp32_metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("test/")}
-    ckpt, source = (_last_checkpoint(client, run_id, run_dir, "qat", logged, steps) if quant_mode == "qat_int8"
-                    else (None, "none"))
+    if quant_mode != "qat_int8":
+        return ResumePoint(run_id, "export", None, "none", best, steps, fp32_metrics, logged)
+    ckpt, source = _last_checkpoint(client, run_id, run_dir, "qat", logged, steps)
     return ResumePoint(run_id, "qat", ckpt, source, best, steps, fp32_metrics, logged)
 
 
