@@ -96,6 +96,9 @@ class Int8Model:
 
 
 # (context, the FP32 ONNX file: None on DDP ranks other than zero, which only train) -> the INT8 model
+# under DDP: whether every rank ended QAT with rank zero's scales, zero points and BN statistics
+DDP_STATE_TAG = "edgeqat.ddp_quant_state"
+
 Recipe = Callable[[JobContext, Path | None], Int8Model | None]
 _RECIPES: dict[str, Recipe] = {}
 
@@ -147,14 +150,19 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path | None) -> Int8Model | None:
         test_tag="qat",
         distillation=Distillation(teacher, q.distill_weight, q.distill_temperature) if teacher is not None else None,
     )
+    schedule = QATSchedule(q.freeze_observer_epoch, q.freeze_bn_epoch)
     trainer, checkpoint = make_trainer(
         ctx.cfg, ctx.run, "qat", q.qat_epochs, epoch_offset=ctx.fp32_epochs, total_epochs=ctx.total_epochs,
-        extra_callbacks=[QATSchedule(q.freeze_observer_epoch, q.freeze_bn_epoch)], step_offset=ctx.fp32_steps,
+        extra_callbacks=[schedule], step_offset=ctx.fp32_steps,
     )
     ctx.metrics.update(fit_and_test(trainer, checkpoint, qat_module, ctx.datamodule,
                                     str(ctx.qat_checkpoint) if ctx.qat_checkpoint else None))
     if not ctx.is_global_zero:
         return None  # rank zero converts and exports; the same file written twice would race
+    if schedule.ranks_in_step is not None:
+        ctx.run.recorder.set_tags({DDP_STATE_TAG: f"in step on {trainer.world_size} ranks" if schedule.ranks_in_step
+                                   else "differs across ranks: freeze observers and BN before the last QAT epoch "
+                                        "(quant.freeze_observer_epoch, quant.freeze_bn_epoch)"})
     ctx.run.recorder.set_tags(phase_tags("export"))
     converted = convert(prepared)
     path = export_onnx(converted, ctx.example_input(), ctx.models_dir / "int8" / "model.onnx",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import lightning as L
+import torch
 from typing_extensions import override
 
 from edgeqat.quant.qat_model import QATModel, freeze_bn_stats, freeze_observers
@@ -30,6 +31,7 @@ class QATSchedule(L.Callback):
                 raise ValueError(f"{name} must be None or an int >= 0 (a QAT epoch index), got {value!r}")
         self.freeze_observer_epoch = freeze_observer_epoch
         self.freeze_bn_epoch = freeze_bn_epoch
+        self.ranks_in_step: bool | None = None  # under DDP, after the fit: see on_train_end
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -41,6 +43,21 @@ class QATSchedule(L.Callback):
             freeze_observers(qat_model)
         if self._due(self.freeze_bn_epoch, epoch) and not qat_model.bn_frozen:
             freeze_bn_stats(qat_model)
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Under DDP: whether every rank ends QAT with rank zero's quantization state.
+
+        DDP broadcasts module buffers (observer ranges, scales, zero points, BN statistics) from
+        rank zero at every forward, so the ranks train with one state; after the freezes nothing
+        updates them locally either, and the file rank zero exports is what every rank trained
+        against. Checked, not assumed: each buffer's sum is gathered from every rank and compared.
+        """
+        if trainer.world_size < 2:
+            return
+        buffers = [b.detach().double().sum() for _, b in self._find_qat_model(pl_module).named_buffers()]
+        gathered = trainer.strategy.all_gather(torch.stack(buffers))  # (ranks, buffers)
+        self.ranks_in_step = bool(torch.equal(gathered, gathered[:1].expand_as(gathered)))
 
     @staticmethod
     def _due(freeze_epoch: Optional[int], epoch: int) -> bool:
