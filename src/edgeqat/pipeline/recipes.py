@@ -161,8 +161,8 @@ def qat_int8(ctx: JobContext, fp32_onnx: Path | None) -> Int8Model | None:
         return None  # rank zero converts and exports; the same file written twice would race
     if schedule.ranks_in_step is not None:
         ctx.run.recorder.set_tags({DDP_STATE_TAG: f"in step on {trainer.world_size} ranks" if schedule.ranks_in_step
-                                   else "differs across ranks: freeze observers and BN before the last QAT epoch "
-                                        "(quant.freeze_observer_epoch, quant.freeze_bn_epoch)"})
+                                   else "differs across ranks: the strategy does not broadcast buffers from rank "
+                                        "zero (use trainer.strategy=ddp, whose broadcast_buffers is on)"})
     ctx.run.recorder.set_tags(phase_tags("export"))
     converted = convert(prepared)
     path = export_onnx(converted, ctx.example_input(), ctx.models_dir / "int8" / "model.onnx",

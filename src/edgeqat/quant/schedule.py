@@ -49,9 +49,10 @@ class QATSchedule(L.Callback):
         """Under DDP: whether every rank ends QAT with rank zero's quantization state.
 
         DDP broadcasts module buffers (observer ranges, scales, zero points, BN statistics) from
-        rank zero at every forward, so the ranks train with one state; after the freezes nothing
-        updates them locally either, and the file rank zero exports is what every rank trained
-        against. Checked, not assumed: each buffer's sum is gathered from every rank and compared.
+        rank zero at every forward, validation's included, so the ranks train with one state and end
+        with it (measured: with or without the freezes), and the file rank zero exports is what every
+        rank trained against. Checked, not assumed: each buffer's sum is gathered from every rank and
+        compared; a strategy that does not broadcast buffers shows here.
         """
         if trainer.world_size < 2:
             return
