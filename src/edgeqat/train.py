@@ -103,7 +103,8 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
     datamodule, module = build(cfg)
     tc = cfg.tracking
     with tracked_run(tc.tracking_uri, tc.experiment_name, cfg.output_dir, tc.run_name, dict(tc.tags),
-                     tc.close_timeout_s, tc.batch_window_s, tc.parent_run_id, cfg.resume) as run, system_metrics(run, tc.system_metrics, tc.system_metrics_interval_s):
+                     tc.close_timeout_s, tc.batch_window_s, tc.parent_run_id, cfg.resume) as run, \
+            system_metrics(run, tc.system_metrics, tc.system_metrics_interval_s):
         point = _resume_point(cfg, run) if cfg.resume else None
         log_run_config(run, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_yaml(cfg, resolve=True),
                        overrides, dataset=datamodule.name)

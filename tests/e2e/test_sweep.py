@@ -2,7 +2,8 @@
 
 Each sweep runs the real CLI (``edgeqat train -m``, ``mlflow run . -e sweep``) in a subprocess, so
 Hydra's launchers run as they do for users: the basic one in that process, joblib in worker
-processes, submitit in a process per job. What is checked is read back from the MLflow store, never from the sweep's own output.
+processes, submitit in a process per job. What is checked is read back from the MLflow store,
+never from the sweep's own output.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 A SIGKILL, an OOM kill or a lost machine runs no handler, so what a resume can use is what was
 written before. After each epoch's validation this saves ``last.ckpt`` (weights, optimizer, loop
 and callback state: ``ckpt_path=.../last.ckpt`` or ``resume=<run_id>`` continues from it) and, at
-most every ``interval_s`` (the first one an interval into the fit), queues it on the run's recorder as ``checkpoints/<phase>/last.ckpt``.
-The recorder sends in order, so when the server has the checkpoint it also has every metric logged
+most every ``interval_s`` (the first one an interval into the fit), queues it on the run's
+recorder as ``checkpoints/<phase>/last.ckpt``. The recorder sends in order, so when the server has the checkpoint it also has every metric logged
 before it: a resume from it leaves no gap. (Lightning's ``ModelCheckpoint(save_last=True)`` writes
 ``last.ckpt`` only when it saved a top-k file in the same step, i.e. never with ``save_top_k=0``.)
 """
@@ -24,7 +24,7 @@ RESUME_TAG = "edgeqat.resume_checkpoint"  # "<phase>/<epochs done>": the newest 
 
 
 class ResumeCheckpoint(L.Callback):
-    """Saves ``<dirpath>/last.ckpt`` each epoch; uploads it as ``checkpoints/<phase>/last.ckpt`` every ``interval_s``."""
+    """Saves ``<dirpath>/last.ckpt`` each epoch; uploads it (``checkpoints/<phase>/``) every ``interval_s``."""
 
     def __init__(self, recorder: RunRecorder, dirpath: Path, phase: str, interval_s: float | None) -> None:
         self.recorder, self.path, self.phase, self.interval_s = recorder, Path(dirpath) / "last.ckpt", phase, interval_s

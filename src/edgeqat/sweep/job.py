@@ -1,10 +1,10 @@
 """One job of a sweep, as Hydra's launcher runs it: ``train`` into a child run of the sweep's parent.
 
 The wiring is in the job's own config (``tracking.parent_run_id``, ``tracking.tracking_uri``,
-``sweep.swept_keys``), which every
-launcher composes and ships with the job: the basic launcher in this process, joblib in worker
-processes, submitit on SLURM nodes, Ray on other machines. Nothing rides on environment
-variables, a shared working directory or return values, which not every launcher carries.
+``sweep.swept_keys``), which every launcher composes and ships with the job: the basic launcher
+in this process, joblib in worker processes, submitit on SLURM nodes, Ray on other machines.
+Nothing rides on environment variables, a shared working directory or return values, which not
+every launcher carries.
 """
 
 from __future__ import annotations
