@@ -14,9 +14,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeqat.sweep.plan import SweepPlan, override_key, plan_sweep
 from edgeqat.sweep.summary import ChildRow, best_child, child_rows, figure, pareto_front, table
+
+if TYPE_CHECKING:
+    from edgeqat.tracking import RunRecorder
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +76,7 @@ def run_sweep(overrides: Sequence[str]) -> SweepResult:
     return SweepResult(parent_id, status, rows, best, max(0, len(plan.jobs) - len(rows)))
 
 
-def _summarize(rec, plan: SweepPlan, rows: list[ChildRow]) -> ChildRow | None:
+def _summarize(rec: RunRecorder, plan: SweepPlan, rows: list[ChildRow]) -> ChildRow | None:
     """The summary table, the figure, the counts and the best child (tags + its metrics) on the parent."""
     from edgeqat.tracking.summary import NOTE_TAG
 
