@@ -195,7 +195,7 @@ def main() -> None:
 
 FALLBACK_KEYS = ["test/acc_fp32", "test/acc_int8", "int8/speedup_224", "fallback/val_acc_before",
                  "fallback/val_acc_after",
-                 "fallback/layers", "fallback/met", "fallback/extra_latency_pct", "fallback/latency_ms_before",
+                 "fallback/layers", "fallback/activations", "fallback/met", "fallback/extra_latency_pct", "fallback/latency_ms_before",
                  "fallback/latency_ms_after", "sensitivity/top_recovered", "int8/float_conv"]
 
 
@@ -239,7 +239,8 @@ def summarize_fallbacks(runs: list[dict]) -> list[dict]:
             "model": model, "seeds": [r["seed"] for r in mine],
             "ptq_drop": [round(r["test/acc_fp32"] - r["acc_ptq"], 4) for r in mine],
             "fallback_drop": [round(r["test/acc_fp32"] - r["test/acc_int8"], 4) for r in mine],
-            "layers": [int(r["fallback/layers"]) for r in mine], "met_on_val": [bool(r["fallback/met"]) for r in mine],
+            "layers": [int(r["fallback/layers"]) for r in mine],
+            "activations": [int(r.get("fallback/activations", 0)) for r in mine], "met_on_val": [bool(r["fallback/met"]) for r in mine],
             "extra_latency_pct": [round(r["fallback/extra_latency_pct"], 1) for r in mine],
             "speedup_224": [r.get("int8/speedup_224") for r in mine],
             "retimed_extra_pct_32": [r.get("retimed_extra_pct_32") for r in mine],
@@ -273,7 +274,7 @@ def retime_fallbacks(result: dict, store: Path, rounds: int = 7, iters: int = 30
 
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     for run in result.get("fallback_runs", []):
-        if "error" in run or not run.get("fallback/layers"):
+        if "error" in run or not (run.get("fallback/layers") or run.get("fallback/activations")):
             continue
         with tempfile.TemporaryDirectory() as tmp:
             files = {name: client.download_artifacts(run["run_id"], f"{name}/model.onnx", f"{tmp}/{name}")
@@ -310,14 +311,15 @@ def main_fallback(args: argparse.Namespace) -> None:
             args.extra.split(), store, args.fallback, args.scope)
     result["fallback_rows"] = summarize_fallbacks(result["fallback_runs"])
     out.write_text(json.dumps(result, indent=1))
-    print("| model | PTQ drop (per seed) | PTQ + fallback drop | layers float | extra latency (batch 1) | met on val |")
-    print("|---|---|---|---|---|---|")
+    print("| model | PTQ drop (per seed) | PTQ + fallback drop | layers float | activations unrounded | "
+          "extra latency (batch 1) | met on val |")
+    print("|---|---|---|---|---|---|---|")
     for r in result["fallback_rows"]:
         if "error" in r:
             print(f"| {r['model']} | error: {r['error']} |")
             continue
         pts = lambda xs: ", ".join(f"{x * 100:+.2f}" for x in xs)  # noqa: E731
-        print(f"| {r['model']} | {pts(r['ptq_drop'])} | {pts(r['fallback_drop'])} | {r['layers']} | "
+        print(f"| {r['model']} | {pts(r['ptq_drop'])} | {pts(r['fallback_drop'])} | {r['layers']} | {r['activations']} | "
               f"{', '.join(f'{x:+.1f} %' for x in r['extra_latency_pct'])} | {r['met_on_val']} |")
 
 

@@ -92,7 +92,8 @@ def _sensitivity(args: argparse.Namespace) -> int:
           f"most recovered left float ({report.scope}):")
     for row in report.layers[:args.top]:
         share = "" if row.latency_share is None else f", {row.latency_share * 100:.1f} % of the time"
-        print(f"  {row.layer} ({row.op}): {row.accuracy:.4f} ({row.recovered * 100:+.2f} pt{share})")
+        what = f"{row.op} output, unrounded" if row.kind == "activation" else row.op
+        print(f"  {row.layer} ({what}): {row.accuracy:.4f} ({row.recovered * 100:+.2f} pt{share})")
     print("logged: int8/sensitivity.json, int8/sensitivity_table.json, int8/sensitivity.png")
     return 0
 

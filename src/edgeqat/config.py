@@ -71,6 +71,9 @@ class FallbackConfig:
     # a layer is kept only if it fixes more validation images than it breaks by this many standard
     # errors (paired, McNemar): greedy choice over dozens of layers otherwise keeps noise; 0: any gain
     min_z: float = 2.0
+    # when no single candidate clears min_z (a loss spread over many roundings), try the best remaining ones
+    # as sets (top 2, 4, 8, ...; quant/fallback.py), kept only if one meets max_drop within the budget
+    grow: bool = True
 
 
 @dataclass
@@ -106,6 +109,9 @@ class QuantConfig:
     # per-layer report: validation accuracy with each quantized layer alone left float + its latency share
     sensitivity: bool = False
     sensitivity_images: Optional[int] = 2000  # validation images it evaluates on (None: all)
+    # also a row per quantized activation tensor left unrounded (quant/unround.py): where a depthwise net's PTQ
+    # loss lives, and candidates for the fallback
+    sensitivity_activations: bool = True
     # what "left float" keeps float in the report and the fallback (quant/sensitivity.py): weights (the
     # layer's weights unrounded, its input still uint8) or layer (its input activation unrounded too)
     float_scope: str = "weights"
@@ -255,7 +261,7 @@ RANGES: dict[str, tuple[float, str]] = {
     "quant.sensitivity_images": (1, "validation images the sensitivity report evaluates on"),
     "quant.fallback.max_drop": (0, "the largest accuracy drop vs FP32 the fallback accepts"),
     "quant.fallback.max_latency_pct": (0, "extra latency in % the fallback may spend"),
-    "quant.fallback.max_layers": (1, "layers the fallback may leave float"),
+    "quant.fallback.max_layers": (1, "layers and activations the fallback may leave float"),
     "quant.fallback.min_z": (0, "standard errors a kept layer's gain must reach"),
     "tracking.status_interval_s": (0, "seconds between status tags (0: at every update)"),
     "tracking.close_timeout_s": (0, "seconds to wait for the server at the end"),

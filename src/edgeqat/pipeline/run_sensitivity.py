@@ -72,7 +72,8 @@ def sensitivity_of_run(client, run_id: str, scope: str | None = None, images: in
             float_weights = _qat_float_weights(client, run, datamodule, val_images[:64], work)
         fp32_accuracy = float((run_onnx(run.fp32, val_images).argmax(1) == labels).mean())
         report = layer_sensitivity(run.int8, float_weights, val_images, labels, fp32_accuracy=fp32_accuracy,
-                                   scope=scope or q.get("float_scope", "weights"))
+                                   scope=scope or q.get("float_scope", "weights"),
+                                   activations=None if q.get("sensitivity_activations", True) else ())
         recorder = RunRecorder(client, run_id, work / "staging", work / "spool")
         try:
             log_report(recorder, report)

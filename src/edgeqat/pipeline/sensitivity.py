@@ -58,10 +58,10 @@ def analyse_layers(ctx: JobContext, fp32_onnx: Path, int8: Int8Model) -> Int8Mod
     fp32_accuracy = float((run_onnx(fp32_onnx, images).argmax(1) == labels).mean())
 
     def progress(done: int, total: int) -> None:
-        rec.set_tags({"edgeqat.sensitivity_progress": f"{done}/{total} layers"})
+        rec.set_tags({"edgeqat.sensitivity_progress": f"{done}/{total} rows"})
 
     report = layer_sensitivity(int8.path, float_weights, images, labels, fp32_accuracy=fp32_accuracy, progress=progress,
-                               scope=q.float_scope)
+                               scope=q.float_scope, activations=None if q.sensitivity_activations else ())
     ctx.metrics.update(log_report(rec, report))
     if q.fallback.max_drop is None:
         return int8
@@ -93,29 +93,33 @@ def _fallback(ctx: JobContext, int8: Int8Model, float_weights, report, images, l
     out = ctx.models_dir / "int8_fallback" / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = choose_fallback(int8.path, float_weights, report, images, labels, fp32_accuracy,
-                             FallbackBudget(f.max_drop, f.max_latency_pct, f.max_layers, f.min_z), out,
+                             FallbackBudget(f.max_drop, f.max_latency_pct, f.max_layers, f.min_z, f.grow), out,
                              latency={"threads": q.latency_threads, "iters": q.latency_iters})
     rec.log_dict(result.to_dict(), "int8/fallback.json")
     metrics = {"fallback/val_acc_before": result.accuracy_before, "fallback/val_acc_after": result.accuracy_after,
                "fallback/latency_ms_before": result.latency_ms_before, "fallback/latency_ms_after": result.latency_ms_after,
                "fallback/extra_latency_pct": result.extra_latency_pct, "fallback/layers": float(len(result.chosen)),
+               "fallback/activations": float(len(result.unrounded)),
                "fallback/met": float(result.met)}
     rec.log_metrics(metrics)
     ctx.metrics.update(metrics)
     verdict = "target met" if result.met else "target NOT met within the budget"
-    rec.set_tags({"edgeqat.fallback": f"{len(result.chosen)} layer(s) float, {verdict} "
+    rec.set_tags({"edgeqat.fallback": f"{len(result.chosen)} layer(s) float, {len(result.unrounded)} activation(s) "
+                                      f"unrounded, {verdict} "
                                       f"(val {result.accuracy_before:.4f} -> {result.accuracy_after:.4f}, "
                                       f"latency {result.extra_latency_pct:+.1f} %)"})
-    if not result.chosen:
+    if not result.n_float:
         return int8
     rec.log_artifact(int8.path, "int8_before_fallback", copy=False)
-    # The file now computes those layers in float: torch's integer reference no longer describes it.
+    # The file now computes those layers (and the readers of those activations) in float: torch's
+    # integer reference no longer describes it.
     return Int8Model(out)
 
 
 def _table(report) -> dict[str, list]:
     return {
         "layer": [row.layer for row in report.layers],
+        "kind": [row.kind for row in report.layers],
         "op": [row.op for row in report.layers],
         "val_acc_float": [round(row.accuracy, 4) for row in report.layers],
         "recovered_pt": [round(row.recovered * 100, 2) for row in report.layers],

@@ -7,6 +7,13 @@ budget is skipped for the next one, one that recovers nothing alone is not tried
 over the layers already chosen could be noise is rejected. Every decision is kept with its reason,
 so the report says what was chosen and why.
 
+When the loss is spread (MobileNetV3: ~130 rounded activations, none worth more than 0.4 pt of
+the 1.9 lost), no single candidate clears the gate and the greedy pass keeps nothing. Then the
+remaining candidates are tried *as sets*, best first: the top 2, 4, 8, ... together, one file and one
+paired test per set, and the smallest top-k meeting the target is found by bisection (accuracy
+grows with k, not strictly). A set is tested once as a whole, so its gain is not the luck of one
+image here and there; it is kept only if it meets the target within the budget.
+
 "Could be noise" is a paired test on the same images (McNemar): of the images the candidate set and
 the current set classify differently, the candidate must fix more than it breaks by ``min_z``
 standard errors, ``fixed - broken > min_z * sqrt(fixed + broken)``. Without it a greedy search over
@@ -26,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeqat.quant.sensitivity import SensitivityReport, leave_float
+from edgeqat.quant.sensitivity import LayerSensitivity, SensitivityReport, leave_float
 
 __all__ = ["FallbackBudget", "FallbackResult", "choose_fallback", "significant_gain"]
 
@@ -37,8 +44,9 @@ class FallbackBudget:
 
     max_drop: float
     max_latency_pct: float | None = None
-    max_layers: int | None = None
+    max_layers: int | None = None  # most candidates left float, layers and unrounded activations together
     min_z: float = 2.0  # a layer's paired gain must exceed this many standard errors (0: any gain)
+    grow: bool = True  # when the greedy pass falls short, try the best remaining candidates as sets
 
 
 @dataclass
@@ -50,7 +58,8 @@ class FallbackResult:
     accuracy_after: float
     latency_ms_before: float
     latency_ms_after: float
-    chosen: list[str] = field(default_factory=list)
+    chosen: list[str] = field(default_factory=list)  # convs/gemms left float
+    unrounded: list[str] = field(default_factory=list)  # activation tensors left unrounded
     decisions: list[dict] = field(default_factory=list)  # {"layer", "action", "reason"} in the order tried
 
     @property
@@ -58,11 +67,15 @@ class FallbackResult:
         return self.accuracy_after >= self.target_accuracy
 
     @property
+    def n_float(self) -> int:
+        return len(self.chosen) + len(self.unrounded)
+
+    @property
     def extra_latency_pct(self) -> float:
         return (self.latency_ms_after / self.latency_ms_before - 1) * 100
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "met": self.met, "extra_latency_pct": self.extra_latency_pct}
+        return {**asdict(self), "met": self.met, "extra_latency_pct": self.extra_latency_pct, "n_float": self.n_float}
 
     def save_json(self, path: str | Path) -> Path:
         path = Path(path)
@@ -95,57 +108,161 @@ def choose_fallback(
         fp32_accuracy: the FP32 model's accuracy on ``images``; the target is that minus ``budget.max_drop``.
         latency: keyword arguments of ``measure_latency_ms`` (``threads``, ``iters``); the input is one image.
     """
-    from edgeqat.quant.verify import measure_latency_ms, run_onnx
+    from edgeqat.quant.verify import measure_latency_ms
 
-    model = onnx.load(str(int8_path))
-    labels = np.asarray(labels).ravel()
-    shape = (1, *images.shape[1:])
-    timing = dict(latency or {})
-
-    def correct(path: Path | str) -> np.ndarray:
-        return run_onnx(path, images).argmax(1) == labels
-
-    base_ms = measure_latency_ms(int8_path, shape, **timing)
-    best_correct = correct(int8_path)
-    result = FallbackResult(fp32_accuracy - budget.max_drop, float(best_correct.mean()), float(best_correct.mean()),
-                            base_ms, base_ms)
-    best = model
+    search = _Search(onnx.load(str(int8_path)), float_weights, report, images, np.asarray(labels).ravel(),
+                     budget, (1, *images.shape[1:]), dict(latency or {}))
     with tempfile.TemporaryDirectory() as tmp:
-        candidate_path = Path(tmp) / "candidate.onnx"
-        for row in report.layers:
-            if result.met:
+        search.tmp = Path(tmp)
+        base_ms = measure_latency_ms(int8_path, search.shape, **search.timing)
+        search.best_correct = search.correct(int8_path)
+        accuracy = float(search.best_correct.mean())
+        search.result = FallbackResult(fp32_accuracy - budget.max_drop, accuracy, accuracy, base_ms, base_ms)
+        search.greedy()
+        if budget.grow and not search.result.met:
+            search.grow()
+    onnx.save(search.best, str(out))
+    return search.result
+
+
+@dataclass
+class _Trial:
+    rows: list[LayerSensitivity]
+    ms: float
+    extra_pct: float
+    correct: np.ndarray | None = None  # None: not evaluated (over the latency budget)
+    model: onnx.ModelProto | None = None
+
+
+class _Search:
+    """The state both passes share: the set chosen so far, its file and per-image correctness."""
+
+    def __init__(self, model, float_weights, report, images, labels, budget, shape, timing) -> None:
+        self.model, self.float_weights, self.report = model, float_weights, report
+        self.images, self.labels, self.budget, self.shape, self.timing = images, labels, budget, shape, timing
+        self.best, self.chosen_rows, self.tmp = model, [], Path(".")
+        self.best_correct = np.zeros(0, bool)
+        self.result: FallbackResult
+
+    def correct(self, path: Path | str) -> np.ndarray:
+        from edgeqat.quant.verify import run_onnx
+
+        return run_onnx(path, self.images).argmax(1) == self.labels
+
+    def trial(self, rows: list[LayerSensitivity]) -> _Trial:
+        """The file with ``rows`` float on top of the chosen set: timed, and evaluated when within budget."""
+        from edgeqat.quant.verify import measure_latency_ms
+
+        every = [*self.chosen_rows, *rows]
+        model = leave_float(self.model, [r.layer for r in every if r.kind == "layer"], self.float_weights,
+                            self.report.scope, activations=[r.layer for r in every if r.kind == "activation"])
+        path = self.tmp / "candidate.onnx"
+        onnx.save(model, str(path))
+        ms = measure_latency_ms(path, self.shape, **self.timing)
+        trial = _Trial(rows, ms, (ms / self.result.latency_ms_before - 1) * 100)
+        if self.budget.max_latency_pct is None or trial.extra_pct <= self.budget.max_latency_pct:
+            trial.correct, trial.model = self.correct(path), model
+        return trial
+
+    def accept(self, trial: _Trial) -> None:
+        r = self.result
+        self.chosen_rows += trial.rows
+        r.chosen = [row.layer for row in self.chosen_rows if row.kind == "layer"]
+        r.unrounded = [row.layer for row in self.chosen_rows if row.kind == "activation"]
+        r.accuracy_after, r.latency_ms_after = float(trial.correct.mean()), trial.ms
+        self.best, self.best_correct = trial.model, trial.correct
+
+    def over_latency(self, trial: _Trial) -> str:
+        return f"+{trial.extra_pct:.1f} % latency > quant.fallback.max_latency_pct={self.budget.max_latency_pct:g}"
+
+    def greedy(self) -> None:
+        """One candidate at a time, most recovered first, each kept only if its gain clears the gate."""
+        r, budget = self.result, self.budget
+        for row in self.report.layers:
+            if r.met:
                 break
             if row.recovered <= 0:
-                result.decisions.append({"layer": row.layer, "action": "not tried",
-                                         "reason": "left float alone it recovers nothing"})
+                r.decisions.append({"layer": row.layer, "action": "not tried",
+                                    "reason": "left float alone it recovers nothing"})
                 continue
-            if budget.max_layers is not None and len(result.chosen) >= budget.max_layers:
-                result.decisions.append({"layer": row.layer, "action": "stopped",
-                                         "reason": f"quant.fallback.max_layers={budget.max_layers} reached"})
+            if budget.max_layers is not None and r.n_float >= budget.max_layers:
+                r.decisions.append({"layer": row.layer, "action": "stopped",
+                                    "reason": f"quant.fallback.max_layers={budget.max_layers} reached"})
                 break
-            candidate = leave_float(model, [*result.chosen, row.layer], float_weights, report.scope)
-            onnx.save(candidate, str(candidate_path))
-            ms = measure_latency_ms(candidate_path, shape, **timing)
-            extra = (ms / base_ms - 1) * 100
-            if budget.max_latency_pct is not None and extra > budget.max_latency_pct:
-                result.decisions.append({"layer": row.layer, "action": "skipped",
-                                         "reason": f"+{extra:.1f} % latency > quant.fallback.max_latency_pct="
-                                                   f"{budget.max_latency_pct:g}"})
+            trial = self.trial([row])
+            if trial.correct is None:
+                r.decisions.append({"layer": row.layer, "action": "skipped", "reason": self.over_latency(trial)})
                 continue
-            now_correct = correct(candidate_path)
-            acc = float(now_correct.mean())
-            fixed, broken, significant = significant_gain(best_correct, now_correct, budget.min_z)
+            acc = float(trial.correct.mean())
+            fixed, broken, significant = significant_gain(self.best_correct, trial.correct, budget.min_z)
             if not significant:
-                result.decisions.append({"layer": row.layer, "action": "rejected",
-                                         "reason": f"with the layers already float it fixes {fixed} images and breaks "
-                                                   f"{broken} ({result.accuracy_after:.4f} -> {acc:.4f}): within "
-                                                   f"{budget.min_z:g} standard errors of no gain"})
+                r.decisions.append({"layer": row.layer, "action": "rejected",
+                                    "reason": f"with the layers already float it fixes {fixed} images and breaks "
+                                              f"{broken} ({r.accuracy_after:.4f} -> {acc:.4f}): within "
+                                              f"{budget.min_z:g} standard errors of no gain"})
                 continue
-            result.decisions.append({"layer": row.layer, "action": "float",
-                                     "reason": f"recovers {row.recovered * 100:+.2f} pt alone; with the set: accuracy "
-                                               f"{result.accuracy_after:.4f} -> {acc:.4f} ({fixed} images fixed, "
-                                               f"{broken} broken), latency {extra:+.1f} %"})
-            result.chosen.append(row.layer)
-            result.accuracy_after, result.latency_ms_after, best, best_correct = acc, ms, candidate, now_correct
-    onnx.save(best, str(out))
-    return result
+            r.decisions.append({"layer": row.layer, "action": "float",
+                                "reason": f"recovers {row.recovered * 100:+.2f} pt alone; with the set: accuracy "
+                                          f"{r.accuracy_after:.4f} -> {acc:.4f} ({fixed} images fixed, "
+                                          f"{broken} broken), latency {trial.extra_pct:+.1f} %"})
+            self.accept(trial)
+
+    def grow(self) -> None:
+        """The best remaining candidates as sets: top 2, 4, 8, ... until one meets the target, then bisect."""
+        r, budget = self.result, self.budget
+        rest = [row for row in self.report.layers if row.recovered > 0 and row not in self.chosen_rows]
+        room = len(rest) if budget.max_layers is None else min(len(rest), budget.max_layers - r.n_float)
+        tried: dict[int, _Trial] = {}
+
+        def meets(trial: _Trial) -> bool:
+            return trial.correct is not None and float(trial.correct.mean()) >= r.target_accuracy
+
+        def attempt(k: int) -> _Trial:
+            tried[k] = tried.get(k) or self.trial(rest[:k])
+            return tried[k]
+
+        low, high, k = 1, None, 2  # low: a size known to miss; high: the smallest known to meet
+        while room >= 2 and high is None:
+            k = min(k, room)
+            trial = attempt(k)
+            if trial.correct is None or meets(trial):
+                high = k
+            elif k == room:
+                break
+            else:
+                low, k = k, 2 * k
+        while high is not None and high - low > 1:  # bisect: the smallest k that meets the target within budget
+            mid = (low + high) // 2
+            low, high = (low, mid) if meets(attempt(mid)) else (mid, high)
+        self._record_growth(tried, high if high is not None and meets(tried[high]) else None, room)
+
+    def _record_growth(self, tried: dict[int, _Trial], k: int | None, room: int) -> None:
+        r, budget = self.result, self.budget
+        for size, trial in sorted(tried.items()):
+            what = f"top {size} remaining ({', '.join(row.layer for row in trial.rows[:3])}{', ...' if size > 3 else ''})"
+            if trial.correct is None:
+                r.decisions.append({"layer": what, "action": "set over budget", "reason": self.over_latency(trial)})
+                continue
+            acc = float(trial.correct.mean())
+            fixed, broken, _ = significant_gain(self.best_correct, trial.correct, budget.min_z)
+            verdict = (f"meets the target {r.target_accuracy:.4f}" if acc >= r.target_accuracy
+                       else f"misses the target {r.target_accuracy:.4f}")
+            r.decisions.append({"layer": what, "action": "set tried",
+                                "reason": f"accuracy {r.accuracy_after:.4f} -> {acc:.4f} ({fixed} images fixed, "
+                                          f"{broken} broken), latency {trial.extra_pct:+.1f} %: {verdict}"})
+        if k is None:
+            r.decisions.append({"layer": "sets", "action": "none kept",
+                                "reason": f"no top-k of the {room} remaining candidates meets the target within "
+                                          "the budget"})
+            return
+        trial = tried[k]
+        fixed, broken, significant = significant_gain(self.best_correct, trial.correct, budget.min_z)
+        if not significant:
+            r.decisions.append({"layer": f"top {k}", "action": "rejected",
+                                "reason": f"fixes {fixed} images and breaks {broken}: within {budget.min_z:g} "
+                                          "standard errors of no gain"})
+            return
+        r.decisions.append({"layer": f"top {k}", "action": "float",
+                            "reason": f"the smallest top-k meeting the target: {k} candidates, latency "
+                                      f"{trial.extra_pct:+.1f} %"})
+        self.accept(trial)

@@ -42,6 +42,7 @@ from onnx import numpy_helper
 
 from edgeqat.quant.errors import QuantizationError
 from edgeqat.quant.onnx_passes import apply_onnx_passes
+from edgeqat.quant.unround import clamp_node, quantized_activations, unround_activations
 
 __all__ = ["SCOPES", "LayerSensitivity", "SensitivityReport", "float_weights_of", "layer_sensitivity", "leave_float",
            "quantized_layers"]
@@ -75,15 +76,16 @@ def float_weights_of(fp32: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def leave_float(model: onnx.ModelProto, layers: Sequence[str], float_weights: Mapping[str, np.ndarray],
-                scope: str = "weights") -> onnx.ModelProto:
+                scope: str = "weights", activations: Sequence[str] = ()) -> onnx.ModelProto:
     """A copy of ``model`` in which each of ``layers`` computes in float with its unrounded weight.
 
     ``scope="layer"`` also feeds each layer the float tensor its input was quantized from (clipped to
-    the quantized range, not rounded).
+    the quantized range, not rounded). Each of ``activations`` (:func:`~edgeqat.quant.unround.quantized_activations`)
+    is left unrounded for all its readers (``unround``).
 
     Raises:
         QuantizationError: a layer is not a quantized conv/gemm of ``model``, or has no float weight
-            of its weight's shape; an unknown ``scope``.
+            of its weight's shape; an activation is not a quantized one; an unknown ``scope``.
     """
     if scope not in SCOPES:
         raise QuantizationError(f"float scope {scope!r}: use one of {', '.join(SCOPES)}")
@@ -107,39 +109,28 @@ def leave_float(model: onnx.ModelProto, layers: Sequence[str], float_weights: Ma
         nodes[name].input[1] = initializer.name
         if scope == "layer":
             _read_unrounded(graph, nodes[name], producers)
+    if activations:
+        unround_activations(out, activations)
     apply_onnx_passes(out, ["keep_float_convs_float", "prune_unused"])
     return out
 
 
 def _read_unrounded(graph: onnx.GraphProto, node: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto]) -> None:
     """Feed ``node`` the float tensor its input is a QuantizeLinear -> DequantizeLinear of, clipped to
-    that pair's range: the rounding goes, the clamp stays (ORT's quantizer folds a ReLU into it, so the
-    raw tensor is the conv's output *before* the ReLU). An input not so rounded is left as it is."""
+    that pair's range: the rounding goes, the clamp stays (``unround``). An input not so rounded is left as it is."""
     dq = producers.get(node.input[0])
     q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
     if q is None or q.op_type != "QuantizeLinear":
         return
-    constants = {init.name: init for init in graph.initializer}
-    scale = numpy_helper.to_array(constants[dq.input[1]]).astype(np.float64)
-    zero_point = numpy_helper.to_array(constants[dq.input[2]]) if len(dq.input) > 2 else np.zeros((), np.uint8)
-    if scale.size != 1:
-        raise QuantizationError(f"{node.name!r} reads a per-channel quantized activation; leave it float with "
-                                "scope weights")
-    info = np.iinfo(zero_point.dtype)
-    bounds = (float((info.min - int(zero_point.ravel()[0])) * scale.ravel()[0]),
-              float((info.max - int(zero_point.ravel()[0])) * scale.ravel()[0]))
-    prefix = f"{node.name}_unrounded_input"
-    for end, value in zip(("min", "max"), bounds):
-        graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), f"{prefix}_{end}"))
-    clip = onnx.helper.make_node("Clip", [q.input[0], f"{prefix}_min", f"{prefix}_max"], [prefix],
-                                 name=f"{prefix}_clip")
-    graph.node.insert(list(graph.node).index(node), clip)
-    node.input[0] = prefix
+    name = f"{node.name}_unrounded_input"
+    graph.node.insert(list(graph.node).index(node), clamp_node(graph, q.input[0], dq, name, f"{name}_clip"))
+    node.input[0] = name
 
 
 @dataclass
 class LayerSensitivity:
-    """One row: the file with only ``layer`` float."""
+    """One row: the file with only ``layer`` float (a conv/gemm, or with ``kind="activation"`` a tensor left
+    unrounded: ``op`` is then the op that computes it)."""
 
     layer: str
     op: str
@@ -147,6 +138,7 @@ class LayerSensitivity:
     recovered: float  # accuracy - the INT8 file's, in accuracy units (0.01 = 1 pt)
     latency_share: float | None  # the layer's share of the INT8 file's kernel time (ORT profiler)
     float_kernels: int  # float conv/gemm kernels in ORT's optimized graph of that file
+    kind: str = "layer"  # layer | activation
 
 
 @dataclass
@@ -179,6 +171,7 @@ def layer_sensitivity(
     profile_runs: int = 20,
     progress: Callable[[int, int], None] | None = None,
     scope: str = "weights",
+    activations: Sequence[str] | None = (),
 ) -> SensitivityReport:
     """Accuracy on ``images`` with each layer alone left float, and each layer's latency share.
 
@@ -190,11 +183,13 @@ def layer_sensitivity(
             choice of layers must not be tuned on the test split).
         layers: which layers (default: every quantized one).
         profile_runs: batch-1 runs profiled for the latency shares (0: no shares).
-        progress: called with (done, total) after each layer.
+        progress: called with (done, total) after each row.
         scope: what each row leaves float (:data:`SCOPES`).
+        activations: tensors to give a row each, left unrounded (``kind="activation"``); None: every
+            quantized activation (:func:`~edgeqat.quant.unround.quantized_activations`).
 
     Raises:
-        QuantizationError: a row's file does not run one more float conv/gemm in ORT (``weights``:
+        QuantizationError: a layer row's file does not run one more float conv/gemm in ORT (``weights``:
             exactly one more).
     """
     from edgeqat.quant.verify import run_onnx
@@ -207,21 +202,27 @@ def layer_sensitivity(
     base_kernels = _float_kernels(int8_path)
     shares = _latency_shares(int8_path, images[:1], profile_runs) if profile_runs > 0 else {}
     report = SensitivityReport(base_accuracy, len(labels), base_kernels, fp32_accuracy=fp32_accuracy, scope=scope)
+    activations = quantized_activations(model) if activations is None else list(activations)
+    producers = {out: node.op_type for node in model.graph.node for out in node.output}
+    rows = [("layer", layer) for layer in layers] + [("activation", tensor) for tensor in activations]
     with tempfile.TemporaryDirectory() as tmp:
-        for i, layer in enumerate(layers):
+        for i, (kind, name) in enumerate(rows):
             path = Path(tmp) / "variant.onnx"
-            onnx.save(leave_float(model, [layer], float_weights, scope), str(path))
+            if kind == "layer":
+                onnx.save(leave_float(model, [name], float_weights, scope), str(path))
+            else:
+                onnx.save(leave_float(model, [], float_weights, activations=[name]), str(path))
             kernels = _float_kernels(path)
             # ORT renames what it rewrites (NCHWc convs after their output), so kernels are counted, not named
-            if kernels < base_kernels + 1 or (scope == "weights" and kernels != base_kernels + 1):
-                raise QuantizationError(f"leaving {layer!r} float gave {kernels - base_kernels} more float conv/gemm "
+            if kind == "layer" and (kernels < base_kernels + 1 or (scope == "weights" and kernels != base_kernels + 1)):
+                raise QuantizationError(f"leaving {name!r} float gave {kernels - base_kernels} more float conv/gemm "
                                         f"kernels in ORT, not {'1' if scope == 'weights' else 'at least 1'}: the row "
                                         "would not measure that layer")
             accuracy = float((run_onnx(path, images).argmax(1) == labels).mean())
-            report.layers.append(LayerSensitivity(layer, ops.get(layer, "?"), accuracy, accuracy - base_accuracy,
-                                                  shares.get(layer), kernels))
+            op, share = (ops.get(name, "?"), shares.get(name)) if kind == "layer" else (producers.get(name, "input"), None)
+            report.layers.append(LayerSensitivity(name, op, accuracy, accuracy - base_accuracy, share, kernels, kind))
             if progress is not None:
-                progress(i + 1, len(layers))
+                progress(i + 1, len(rows))
     report.layers.sort(key=lambda row: (-row.recovered, row.latency_share or 0.0))
     return report
 
