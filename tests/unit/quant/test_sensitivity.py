@@ -13,6 +13,7 @@ from edgeqat.quant import convert, export_onnx, inspect_ort_graph, ptq_onnx, run
 from edgeqat.quant.errors import QuantizationError
 from edgeqat.quant.fallback import FallbackBudget, choose_fallback, significant_gain
 from edgeqat.quant.sensitivity import float_weights_of, layer_sensitivity, leave_float, quantized_layers
+from edgeqat.quant.unround import quantized_activations
 from tests.unit.quant.tiny import synthetic_batch
 
 
@@ -208,6 +209,14 @@ def test_the_layer_scope_also_leaves_the_input_activation_float(coarse_activatio
                                scope="layer")
     assert report.scope == "layer" and report.layers[0].layer == c["hard"]
     assert all(row.float_kernels >= report.base_float_kernels + 1 for row in report.layers)
+    hard_input = next(n for n in model.graph.node if n.name == c["hard"]).input[0]
+    rounded = next(n for n in model.graph.node if n.output[0] == hard_input).input[0]  # DQ <- Q <- the tensor
+    rounded = next(n for n in model.graph.node if n.output[0] == rounded).input[0]
+    with_activations = layer_sensitivity(c["path"], c["float_weights"], images, labels, layers=[], profile_runs=0,
+                                         activations=None)
+    top = with_activations.layers[0]  # the coarse tensor itself, left unrounded for all its readers
+    assert (top.layer, top.kind) == (rounded, "activation") and top.recovered > 0.15
+    assert len(with_activations.layers) == len(quantized_activations(model))
     result = choose_fallback(c["path"], c["float_weights"], report, images, labels, c["ptq_accuracy"],
                              FallbackBudget(max_drop=0.03), tmp_path / "fallback.onnx", latency={"iters": 5, "warmup": 1})
     assert result.met and result.chosen == [c["hard"]]
@@ -231,3 +240,47 @@ def test_a_gain_counts_only_beyond_noise() -> None:
     assert significant_gain(before, after(30, 5), min_z=2.0) == (30, 5, True)  # +25 > 2 * sqrt(35)
     assert significant_gain(before, after(3, 1), min_z=0.0)[2]  # 0: any net gain
     assert not significant_gain(before, after(2, 2), min_z=0.0)[2]  # a wash is no gain
+
+
+@pytest.fixture(scope="module")
+def spread_loss(damaged_ptq, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """ORT's PTQ with every activation between the input and the head rounded 120x coarser: a loss
+    spread over ~20 roundings, as ORT's PTQ of MobileNetV3 has (``quant/unround.py``)."""
+    d = damaged_ptq
+    model = onnx.load(str(d["path"].parent / "ptq.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    coarse = quantized_activations(model)[1:-3]
+    for scale in {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in coarse}:
+        inits[scale].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[scale]) * 120, scale))
+    path = tmp_path_factory.mktemp("spread") / "spread.onnx"
+    onnx.save(model, str(path))
+    return {**d, "path": path}
+
+
+def test_a_spread_loss_is_undone_by_the_smallest_set_the_greedy_pass_cannot_find(spread_loss, tmp_path: Path) -> None:
+    """No single activation clears the gate; the best k together meet the target, and k - 1 do not."""
+    s = spread_loss
+    images, labels = s["images"], s["labels"]
+    report = layer_sensitivity(s["path"], s["float_weights"], images, labels, layers=[], profile_runs=0,
+                               activations=None)
+    assert report.int8_accuracy < s["ptq_accuracy"] - 0.2, "the coarse activations must hurt for the test to mean anything"
+    assert {row.kind for row in report.layers} == {"activation"} and report.layers[0].recovered < 0.15
+    budget = {"max_drop": 0.03, "min_z": 4.0}
+    timing = {"iters": 5, "warmup": 1}
+
+    greedy = choose_fallback(s["path"], s["float_weights"], report, images, labels, s["ptq_accuracy"],
+                             FallbackBudget(**budget, grow=False), tmp_path / "greedy.onnx", latency=timing)
+    assert not greedy.met and greedy.n_float == 0
+    assert {d["action"] for d in greedy.decisions} <= {"rejected", "not tried"}
+
+    grown = choose_fallback(s["path"], s["float_weights"], report, images, labels, s["ptq_accuracy"],
+                            FallbackBudget(**budget), tmp_path / "grown.onnx", latency=timing)
+    k = len(grown.unrounded)
+    assert grown.met and grown.chosen == [] and grown.unrounded == [row.layer for row in report.layers[:k]]
+    assert any(d["action"] == "set tried" for d in grown.decisions) and grown.decisions[-1]["action"] == "float"
+    written = onnx.load(str(tmp_path / "grown.onnx"))
+    assert not set(grown.unrounded) & set(quantized_activations(written))  # the file really leaves them unrounded
+    assert float((run_onnx(tmp_path / "grown.onnx", images).argmax(1) == labels).mean()) == grown.accuracy_after
+    fewer = leave_float(onnx.load(str(s["path"])), [], s["float_weights"], activations=grown.unrounded[:-1])
+    onnx.save(fewer, str(tmp_path / "fewer.onnx"))
+    assert float((run_onnx(tmp_path / "fewer.onnx", images).argmax(1) == labels).mean()) < grown.target_accuracy
