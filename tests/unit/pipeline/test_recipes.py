@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from edgeqat.pipeline import list_recipes
 from edgeqat.quant import Isa, detect_cpu, evaluate_onnx, resolve_ort_gemm_convs
+from edgeqat.quant.unround import quantized_activations
 from edgeqat.train import build, train
 
 # timm's tiny ResNet (the factory restores the BN gammas timm zero-inits: QAT's BN fold divides by them).
@@ -110,7 +111,8 @@ def test_ptq_int8_recipe(compose, tracking_uri: str) -> None:
     from edgeqat.pipeline.run_sensitivity import sensitivity_of_run
 
     report = sensitivity_of_run(MlflowClient(tracking_uri), result.run_id, scope="layer", images=48)
-    assert report.scope == "layer" and report.n_images == 48 and len(report.layers) == 16
+    assert report.scope == "layer" and report.n_images == 48 and sum(r.kind == "layer" for r in report.layers) == 16
+    assert sum(r.kind == "activation" for r in report.layers) > 16  # and a row per rounded activation
     assert report.fp32_accuracy is not None and max(r.accuracy for r in report.layers) <= 1.0
     assert mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/sensitivity.json")["scope"] == "layer"
 
@@ -185,22 +187,28 @@ def test_sensitivity_and_fallback_are_logged_and_the_fallback_file_is_the_int8_m
     m = run.data.metrics
     assert run.info.status == "FINISHED"
     report = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/sensitivity.json")
-    assert len(report["layers"]) == m["sensitivity/layers"] == 16  # test_resnet: 15 convs and the classifier
-    assert all(row["float_kernels"] == report["base_float_kernels"] + 1 for row in report["layers"])
+    layer_rows = [row for row in report["layers"] if row["kind"] == "layer"]
+    assert len(layer_rows) == 16  # test_resnet: 15 convs and the classifier, then its rounded activations
+    analysed = "int8_before_fallback" if m["fallback/layers"] + m["fallback/activations"] else "int8"
+    analysed = mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/{analysed}/model.onnx", dst_path=str(tmp_path))
+    assert len(report["layers"]) == m["sensitivity/layers"] == 16 + len(quantized_activations(onnx.load(analysed)))
+    assert all(row["float_kernels"] == report["base_float_kernels"] + 1 for row in layer_rows)
     assert {"sensitivity.json", "sensitivity_table.json", "sensitivity.png", "fallback.json"} <= {
         Path(p).name for p in _artifacts(tracking_uri, result.run_id, "int8")}
     fallback = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/fallback.json")
-    assert m["fallback/layers"] == len(fallback["chosen"]) <= 1
-    assert m["fallback/val_acc_after"] >= m["fallback/val_acc_before"]
-    if fallback["chosen"]:  # the artifact computes that layer in float; the one before it is kept
-        assert m["int8/float_conv"] == 1 and fallback["chosen"] == [report["layers"][0]["layer"]]
-        assert _artifacts(tracking_uri, result.run_id, "int8_before_fallback")
+    assert m["fallback/layers"] == len(fallback["chosen"]) and m["fallback/activations"] == len(fallback["unrounded"])
+    assert fallback["n_float"] <= 1 and m["fallback/val_acc_after"] >= m["fallback/val_acc_before"]
+    if fallback["n_float"]:  # the artifact computes that layer (or that activation's readers) in float
+        assert fallback["chosen"] + fallback["unrounded"] == [report["layers"][0]["layer"]]
+        assert m["int8/float_conv"] == 1 if fallback["chosen"] else m["int8/float_conv"] >= 0
+        assert _artifacts(tracking_uri, result.run_id, "int8_before_fallback")  # the file before it is kept
         assert "int8/top1_agreement" not in m  # torch's integer reference no longer describes the file
     else:  # within the target on the validation split already, or no layer's gain beyond noise: nothing float
         assert m["int8/float_conv"] == 0 and not _artifacts(tracking_uri, result.run_id, "int8_before_fallback")
         assert m["fallback/met"] == 1 or all(d["action"] in ("rejected", "not tried", "stopped")
                                              for d in fallback["decisions"])
-    assert run.data.tags["edgeqat.fallback"].startswith(f"{len(fallback['chosen'])} layer(s) float")
+    assert run.data.tags["edgeqat.fallback"].startswith(f"{len(fallback['chosen'])} layer(s) float, "
+                                                        f"{len(fallback['unrounded'])} activation(s) unrounded")
 
     # `edgeqat sensitivity RUN_ID` on the finished run: the QAT model rebuilt from its checkpoint exports
     # the run's file again (else it refuses), so its unrounded weights give the very rows the run logged.
@@ -211,7 +219,7 @@ def test_sensitivity_and_fallback_are_logged_and_the_fallback_file_is_the_int8_m
     assert again.int8_accuracy == report["int8_accuracy"] and again.n_images == report["n_images"]
     assert {r.layer: r.accuracy for r in again.layers} == {r["layer"]: r["accuracy"] for r in report["layers"]}
     tags = _run(tracking_uri, result.run_id).data.tags
-    assert tags["edgeqat.sensitivity_of"] == ("int8_before_fallback/model.onnx" if fallback["chosen"] else
+    assert tags["edgeqat.sensitivity_of"] == ("int8_before_fallback/model.onnx" if fallback["n_float"] else
                                               "int8/model.onnx")
     assert tags["edgeqat.sensitivity_scope"] == "weights" and _run(tracking_uri, result.run_id).info.status == "FINISHED"
     proc = subprocess.run([sys.executable, "-m", "edgeqat", "sensitivity", result.run_id, "--scope", "layer",
@@ -220,8 +228,9 @@ def test_sensitivity_and_fallback_are_logged_and_the_fallback_file_is_the_int8_m
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "most recovered left float (layer)" in proc.stdout and len(proc.stdout.splitlines()) == 5
     layer_report = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/int8/sensitivity.json")
-    assert layer_report["scope"] == "layer" and layer_report["n_images"] == 64 and len(layer_report["layers"]) == 16
-    assert all(row["float_kernels"] >= layer_report["base_float_kernels"] + 1 for row in layer_report["layers"])
+    layer_rows = [row for row in layer_report["layers"] if row["kind"] == "layer"]
+    assert layer_report["scope"] == "layer" and layer_report["n_images"] == 64 and len(layer_rows) == 16
+    assert all(row["float_kernels"] >= layer_report["base_float_kernels"] + 1 for row in layer_rows)
 
 
     # A checkpoint that does not export the run's file (one weight nudged) would describe another model.
