@@ -245,6 +245,7 @@ def summarize_fallbacks(runs: list[dict]) -> list[dict]:
             "speedup_224": [r.get("int8/speedup_224") for r in mine],
             "retimed_extra_pct_32": [r.get("retimed_extra_pct_32") for r in mine],
             "retimed_extra_pct_224": [r.get("retimed_extra_pct_224") for r in mine],
+            "retimed_speedup_vs_fp32_224": [r.get("retimed_speedup_vs_fp32_224") for r in mine],
             "ptq_speedup_224": [r.get("ptq_speedup_224") for r in mine],
         })
     return rows
@@ -262,11 +263,12 @@ def _store(path: str | None):
 
 
 def retime_fallbacks(result: dict, store: Path, rounds: int = 7, iters: int = 30) -> None:
-    """Each fallback file against the PTQ file before it, side by side on this (idle) machine.
+    """Each fallback file against the PTQ file before it and the FP32 file, side by side on this (idle) machine.
 
     The run's own ``fallback/extra_latency_pct`` was timed while other work shared the CPU; here the
-    two files alternate, ``rounds`` times ``iters`` batch-1 runs each on 1 thread, at the trained
-    resolution and at 224 px, and the medians are compared.
+    three files alternate, ``rounds`` times ``iters`` batch-1 runs each on 1 thread, at the trained
+    resolution and at 224 px, and the medians are compared: the fallback's extra latency over the
+    PTQ file, and its speed-up over FP32 (what a user decides on: below 1, FP32 is the faster file).
     """
     from mlflow.tracking import MlflowClient
 
@@ -278,7 +280,7 @@ def retime_fallbacks(result: dict, store: Path, rounds: int = 7, iters: int = 30
             continue
         with tempfile.TemporaryDirectory() as tmp:
             files = {name: client.download_artifacts(run["run_id"], f"{name}/model.onnx", f"{tmp}/{name}")
-                     for name in ("int8_before_fallback", "int8")}
+                     for name in ("int8_before_fallback", "int8", "fp32")}
             import onnx
 
             graph_input = onnx.load(files["int8"], load_external_data=False).graph.input[0]
@@ -288,9 +290,10 @@ def retime_fallbacks(result: dict, store: Path, rounds: int = 7, iters: int = 30
                 for _ in range(rounds):
                     for name, path in files.items():
                         times[name].append(measure_latency_ms(path, (1, channels, size, size), iters=iters))
-                before, after = (statistics.median(times[n]) for n in ("int8_before_fallback", "int8"))
-                run[f"retimed_ms_{size}"] = [round(before, 4), round(after, 4)]
+                before, after, fp32 = (statistics.median(times[n]) for n in ("int8_before_fallback", "int8", "fp32"))
+                run[f"retimed_ms_{size}"] = [round(before, 4), round(after, 4), round(fp32, 4)]
                 run[f"retimed_extra_pct_{size}"] = round((after / before - 1) * 100, 1)
+                run[f"retimed_speedup_vs_fp32_{size}"] = [round(fp32 / before, 2), round(fp32 / after, 2)]
         print(run["model"], run["seed"], {k: v for k, v in run.items() if k.startswith("retimed")}, flush=True)
 
 
