@@ -9,9 +9,9 @@ so the report says what was chosen and why.
 
 When the loss is spread (MobileNetV3: ~130 rounded activations, none worth more than 0.4 pt of
 the 1.9 lost), no single candidate clears the gate and the greedy pass keeps nothing. Then all the
-remaining candidates are tried *as sets*, in the report's order (most recovered alone first): the top 2, 4, 8, ... together, one file and one
-paired test per set, and the smallest top-k meeting the target is found by bisection (accuracy
-grows with k, not strictly). A set is tested once as a whole, so its gain is not the luck of one
+remaining candidates are tried *as sets*, in the report's order (most recovered alone first): the
+top 2, 4, 8, ... together, one file and one paired test per set, and the smallest top-k meeting the
+target is found by bisection (accuracy grows with k, not strictly). A set is tested once as a whole, so its gain is not the luck of one
 image here and there; it is kept only if it meets the target within the budget.
 
 "Could be noise" is a paired test on the same images (McNemar): of the images the candidate set and
@@ -108,16 +108,9 @@ def choose_fallback(
         fp32_accuracy: the FP32 model's accuracy on ``images``; the target is that minus ``budget.max_drop``.
         latency: keyword arguments of ``measure_latency_ms`` (``threads``, ``iters``); the input is one image.
     """
-    from edgeqat.quant.verify import measure_latency_ms
-
-    search = _Search(onnx.load(str(int8_path)), float_weights, report, images, np.asarray(labels).ravel(),
-                     budget, (1, *images.shape[1:]), dict(latency or {}))
     with tempfile.TemporaryDirectory() as tmp:
-        search.tmp = Path(tmp)
-        base_ms = measure_latency_ms(int8_path, search.shape, **search.timing)
-        search.best_correct = search.correct(int8_path)
-        accuracy = float(search.best_correct.mean())
-        search.result = FallbackResult(fp32_accuracy - budget.max_drop, accuracy, accuracy, base_ms, base_ms)
+        search = _Search(Path(int8_path), float_weights, report, images, np.asarray(labels).ravel(), fp32_accuracy,
+                         budget, dict(latency or {}), Path(tmp))
         search.greedy()
         if budget.grow and not search.result.met:
             search.grow()
@@ -137,12 +130,18 @@ class _Trial:
 class _Search:
     """The state both passes share: the set chosen so far, its file and per-image correctness."""
 
-    def __init__(self, model, float_weights, report, images, labels, budget, shape, timing) -> None:
-        self.model, self.float_weights, self.report = model, float_weights, report
-        self.images, self.labels, self.budget, self.shape, self.timing = images, labels, budget, shape, timing
-        self.best, self.chosen_rows, self.tmp = model, [], Path(".")
-        self.best_correct = np.zeros(0, bool)
-        self.result: FallbackResult
+    def __init__(self, int8_path: Path, float_weights, report, images, labels, fp32_accuracy: float,
+                 budget: FallbackBudget, timing: dict, tmp: Path) -> None:
+        from edgeqat.quant.verify import measure_latency_ms
+
+        self.model = self.best = onnx.load(str(int8_path))
+        self.float_weights, self.report, self.images, self.labels = float_weights, report, images, labels
+        self.budget, self.timing, self.tmp = budget, timing, tmp
+        self.shape = (1, *images.shape[1:])
+        self.chosen_rows: list[LayerSensitivity] = []
+        self.best_correct = self.correct(int8_path)
+        accuracy, base_ms = float(self.best_correct.mean()), measure_latency_ms(int8_path, self.shape, **timing)
+        self.result = FallbackResult(fp32_accuracy - budget.max_drop, accuracy, accuracy, base_ms, base_ms)
 
     def correct(self, path: Path | str) -> np.ndarray:
         from edgeqat.quant.verify import run_onnx
