@@ -194,9 +194,9 @@ def main() -> None:
 
 
 FALLBACK_KEYS = ["test/acc_fp32", "test/acc_int8", "int8/speedup_224", "fallback/val_acc_before",
-                 "fallback/val_acc_after",
-                 "fallback/layers", "fallback/activations", "fallback/met", "fallback/extra_latency_pct", "fallback/latency_ms_before",
-                 "fallback/latency_ms_after", "sensitivity/top_recovered", "int8/float_conv"]
+                 "fallback/val_acc_after", "fallback/layers", "fallback/activations", "fallback/met",
+                 "fallback/extra_latency_pct", "fallback/latency_ms_before", "fallback/latency_ms_after",
+                 "sensitivity/top_recovered", "int8/float_conv"]
 
 
 _OWN_OVERRIDES = ("experiment=", "model=", "seed=", "trainer.enable_progress_bar=", "tracking.experiment_name=",
@@ -240,7 +240,8 @@ def summarize_fallbacks(runs: list[dict]) -> list[dict]:
             "ptq_drop": [round(r["test/acc_fp32"] - r["acc_ptq"], 4) for r in mine],
             "fallback_drop": [round(r["test/acc_fp32"] - r["test/acc_int8"], 4) for r in mine],
             "layers": [int(r["fallback/layers"]) for r in mine],
-            "activations": [int(r.get("fallback/activations", 0)) for r in mine], "met_on_val": [bool(r["fallback/met"]) for r in mine],
+            "activations": [int(r.get("fallback/activations", 0)) for r in mine],
+            "met_on_val": [bool(r["fallback/met"]) for r in mine],
             "extra_latency_pct": [round(r["fallback/extra_latency_pct"], 1) for r in mine],
             "speedup_224": [r.get("int8/speedup_224") for r in mine],
             "retimed_extra_pct_32": [r.get("retimed_extra_pct_32") for r in mine],
