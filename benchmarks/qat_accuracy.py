@@ -20,7 +20,8 @@ seeds. Issue targets: agreement >= 99 %, acc_drop <= 0.5 pt, QAT >= PTQ, INT8/FP
 ``--fallback 0.005 --store DIR`` then quantizes, with no training, each run's own FP32 checkpoint
 with ORT's PTQ again where PTQ lost more than 0.5 pt, this time with the sensitivity report and the
 float fallback (``quant.float_scope=layer``, ``quant.fallback.max_drop=0.005``): the drop before
-and after on the test split, the layers kept float and the latency they cost (``fallback_rows``).
+and after on the test split, the layers and activations kept float and the latency they cost
+(``fallback_rows``); ``--retime`` times each fallback file against its PTQ file and the FP32 file, idle.
 
 ``--weight-ranges int8 int7`` trains the FP32 model once per model and seed (``quant=fp32``) and
 quantizes that same checkpoint once per ``quant.weight_range`` (QAT and PTQ, ``quant.init_checkpoint``),
