@@ -72,7 +72,7 @@ class FallbackConfig:
     # errors (paired, McNemar): greedy choice over dozens of layers otherwise keeps noise; 0: any gain
     min_z: float = 2.0
     # when no single candidate clears min_z (a loss spread over many roundings), try the best remaining ones
-    # as sets (top 2, 4, 8, ...; quant/fallback.py), kept only if one meets max_drop within the budget
+    # as sets (top 2, 4, 8, ...; quant/fallback.py), kept only if one meets max_drop beyond min_z within the budget
     grow: bool = True
 
 

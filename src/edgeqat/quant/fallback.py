@@ -247,7 +247,8 @@ class _Search:
     def _record_growth(self, tried: dict[int, _Trial], k: int | None, room: int) -> None:
         r, budget = self.result, self.budget
         for size, trial in sorted(tried.items()):
-            what = f"top {size} remaining ({', '.join(row.layer for row in trial.rows[:3])}{', ...' if size > 3 else ''})"
+            names = ", ".join(row.layer for row in trial.rows[:3]) + (", ..." if size > 3 else "")
+            what = f"top {size} remaining ({names})"
             if trial.correct is None:
                 r.decisions.append({"layer": what, "action": "set over budget", "reason": self.over_latency(trial)})
                 continue

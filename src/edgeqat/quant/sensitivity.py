@@ -219,7 +219,10 @@ def layer_sensitivity(
                                         f"kernels in ORT, not {'1' if scope == 'weights' else 'at least 1'}: the row "
                                         "would not measure that layer")
             accuracy = float((run_onnx(path, images).argmax(1) == labels).mean())
-            op, share = (ops.get(name, "?"), shares.get(name)) if kind == "layer" else (producers.get(name, "input"), None)
+            if kind == "layer":
+                op, share = ops.get(name, "?"), shares.get(name)
+            else:  # the op that computes the tensor; its rounding's cost is not a kernel of its own
+                op, share = producers.get(name, "input"), None
             report.layers.append(LayerSensitivity(name, op, accuracy, accuracy - base_accuracy, share, kernels, kind))
             if progress is not None:
                 progress(i + 1, len(rows))

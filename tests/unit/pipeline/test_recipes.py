@@ -190,7 +190,8 @@ def test_sensitivity_and_fallback_are_logged_and_the_fallback_file_is_the_int8_m
     layer_rows = [row for row in report["layers"] if row["kind"] == "layer"]
     assert len(layer_rows) == 16  # test_resnet: 15 convs and the classifier, then its rounded activations
     analysed = "int8_before_fallback" if m["fallback/layers"] + m["fallback/activations"] else "int8"
-    analysed = mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/{analysed}/model.onnx", dst_path=str(tmp_path))
+    analysed = mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/{analysed}/model.onnx",
+                                                   dst_path=str(tmp_path))
     assert len(report["layers"]) == m["sensitivity/layers"] == 16 + len(quantized_activations(onnx.load(analysed)))
     assert all(row["float_kernels"] == report["base_float_kernels"] + 1 for row in layer_rows)
     assert {"sensitivity.json", "sensitivity_table.json", "sensitivity.png", "fallback.json"} <= {

@@ -263,7 +263,7 @@ def test_a_spread_loss_is_undone_by_the_smallest_set_the_greedy_pass_cannot_find
     images, labels = s["images"], s["labels"]
     report = layer_sensitivity(s["path"], s["float_weights"], images, labels, layers=[], profile_runs=0,
                                activations=None)
-    assert report.int8_accuracy < s["ptq_accuracy"] - 0.2, "the coarse activations must hurt for the test to mean anything"
+    assert report.int8_accuracy < s["ptq_accuracy"] - 0.2, "the coarse activations must hurt for the test to mean it"
     assert {row.kind for row in report.layers} == {"activation"} and report.layers[0].recovered < 0.15
     budget = {"max_drop": 0.03, "min_z": 4.0}
     timing = {"iters": 5, "warmup": 1}
