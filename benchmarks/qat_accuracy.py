@@ -5,6 +5,7 @@
     python benchmarks/qat_accuracy.py --extra "data=fashion_mnist data.max_train_samples=5000" --seeds 42 0 1 \
         --store /tmp/acc --out results/qat_accuracy_fashion_mnist.json     # the README's Fashion-MNIST table
     python benchmarks/qat_accuracy.py --fallback 0.005 --out results/qat_accuracy_fashion_mnist.json  # + PTQ fallback
+    python benchmarks/qat_accuracy.py --fallback 0.0025 --ptq-drop-over 0.005 --label margin ...  # the same, aimed lower
 
 Runs the product itself (``edgeqat train experiment=compare model=<m> seed=<s>``, one subprocess per
 run) into a throw-away SQLite store, then collects the verified numbers: FP32 accuracy (torch), QAT
@@ -154,6 +155,10 @@ def main() -> None:
                         help="no training: PTQ + float fallback (quant.fallback.max_drop) from the FP32 checkpoints of "
                              "the runs in --out (kept with --store) where PTQ lost more than MAX_DROP")
     parser.add_argument("--scope", default="layer", help="quant.float_scope of the fallback runs")
+    parser.add_argument("--label", default="", help="with --fallback: keep these runs as fallback_runs_<label>, "
+                                                    "beside the ones of another setting")
+    parser.add_argument("--ptq-drop-over", type=float, default=None, metavar="DROP",
+                        help="with --fallback: the runs whose PTQ lost more than DROP (default: MAX_DROP)")
     parser.add_argument("--retime", action="store_true",
                         help="with --fallback: time each fallback file against the file before it, side by side "
                              "(run it on an idle machine)")
@@ -204,8 +209,10 @@ _OWN_OVERRIDES = ("experiment=", "model=", "seed=", "trainer.enable_progress_bar
                   "output_dir=")
 
 
-def run_fallbacks(result: dict, extra: list[str], store: Path, max_drop: float, scope: str) -> list[dict]:
-    """PTQ + fallback from each compare run's own FP32 checkpoint where ORT's PTQ lost more than ``max_drop``.
+def run_fallbacks(result: dict, extra: list[str], store: Path, max_drop: float, scope: str,
+                  ptq_drop_over: float | None = None) -> list[dict]:
+    """PTQ + fallback from each compare run's own FP32 checkpoint where ORT's PTQ lost more than
+    ``ptq_drop_over`` (default ``max_drop``).
 
     ``quant=ptq_int8`` on the same checkpoint (``quant.init_checkpoint``, no FP32 epochs) makes the same
     PTQ file as the compare run's baseline, so before/after is paired; the layers are chosen on the
@@ -213,7 +220,7 @@ def run_fallbacks(result: dict, extra: list[str], store: Path, max_drop: float, 
     """
     out = []
     for run in result["runs"]:
-        if "error" in run or run["test/acc_fp32"] - run["test/acc_ptq"] <= max_drop:
+        if "error" in run or run["test/acc_fp32"] - run["test/acc_ptq"] <= (ptq_drop_over or max_drop):
             continue
         init = f"quant.init_checkpoint=runs:/{run['run_id']}/checkpoints/fp32/best.ckpt"
         # the compare run's own data overrides (run_model adds model, seed and where to log)
@@ -264,7 +271,7 @@ def _store(path: str | None):
         yield Path(tmp)
 
 
-def retime_fallbacks(result: dict, store: Path, rounds: int = 7, iters: int = 30) -> None:
+def retime_fallbacks(result: dict, store: Path, key: str = "fallback_runs", rounds: int = 7, iters: int = 30) -> None:
     """Each fallback file against the PTQ file before it and the FP32 file, side by side on this (idle) machine.
 
     The run's own ``fallback/extra_latency_pct`` was timed while other work shared the CPU; here the
@@ -277,7 +284,7 @@ def retime_fallbacks(result: dict, store: Path, rounds: int = 7, iters: int = 30
     from edgeqat.quant.verify import measure_latency_ms
 
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    for run in result.get("fallback_runs", []):
+    for run in result.get(key, []):
         if "error" in run or not (run.get("fallback/layers") or run.get("fallback/activations")):
             continue
         with tempfile.TemporaryDirectory() as tmp:
@@ -305,21 +312,23 @@ def main_fallback(args: argparse.Namespace) -> None:
     store = Path(args.store or result.get("store") or "")
     if not (store / "mlflow.db").is_file():
         sys.exit(f"--fallback needs the store the compare runs were kept in (--store): no {store / 'mlflow.db'}")
+    suffix = f"_{args.label}" if args.label else ""  # another setting's runs, kept beside the first
+    runs_key, rows_key = f"fallback_runs{suffix}", f"fallback_rows{suffix}"
     if args.retime:
-        retime_fallbacks(result, store)
+        retime_fallbacks(result, store, runs_key)
         result["retime_machine"] = machine_facts()
     else:
-        result["fallback_config"] = {"max_drop": args.fallback, "scope": args.scope, "extra": args.extra}
-        runs = [r for r in result.get("fallback_runs", []) if r["model"] not in args.models]  # --append
-        result["fallback_runs"] = runs + run_fallbacks(
+        result[f"fallback_config{suffix}"] = {"max_drop": args.fallback, "scope": args.scope, "extra": args.extra}
+        runs = [r for r in result.get(runs_key, []) if r["model"] not in args.models]  # --append
+        result[runs_key] = runs + run_fallbacks(
             {**result, "runs": [r for r in result["runs"] if r["model"] in args.models]},
-            args.extra.split(), store, args.fallback, args.scope)
-    result["fallback_rows"] = summarize_fallbacks(result["fallback_runs"])
+            args.extra.split(), store, args.fallback, args.scope, args.ptq_drop_over)
+    result[rows_key] = summarize_fallbacks(result[runs_key])
     out.write_text(json.dumps(result, indent=1))
     print("| model | PTQ drop (per seed) | PTQ + fallback drop | layers float | activations unrounded | "
           "extra latency (batch 1) | met on val |")
     print("|---|---|---|---|---|---|---|")
-    for r in result["fallback_rows"]:
+    for r in result[rows_key]:
         if "error" in r:
             print(f"| {r['model']} | error: {r['error']} |")
             continue
