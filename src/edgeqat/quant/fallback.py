@@ -123,8 +123,9 @@ class _Trial:
     rows: list[LayerSensitivity]
     ms: float
     extra_pct: float
-    correct: np.ndarray | None = None  # None: not evaluated (over the latency budget)
+    correct: np.ndarray | None = None  # None: not evaluated (``refused``)
     model: onnx.ModelProto | None = None
+    refused: str = ""  # why it is out of bounds: over the latency budget, or no integer kernel left
 
 
 class _Search:
@@ -149,7 +150,13 @@ class _Search:
         return run_onnx(path, self.images).argmax(1) == self.labels
 
     def trial(self, rows: list[LayerSensitivity]) -> _Trial:
-        """The file with ``rows`` float on top of the chosen set: timed, and evaluated when within budget."""
+        """The file with ``rows`` float on top of the chosen set: timed, and evaluated when within budget.
+
+        A file ORT runs with no integer kernel left is refused like one over budget: it is the FP32 model
+        (slower, with its clamps), and verify would refuse to publish it as INT8 (MobileNetV3, aimed at
+        0.25 pt: the run failed there before this check).
+        """
+        from edgeqat.quant.report import inspect_ort_graph
         from edgeqat.quant.verify import measure_latency_ms
 
         every = [*self.chosen_rows, *rows]
@@ -159,7 +166,12 @@ class _Search:
         onnx.save(model, str(path))
         ms = measure_latency_ms(path, self.shape, **self.timing)
         trial = _Trial(rows, ms, (ms / self.result.latency_ms_before - 1) * 100)
-        if self.budget.max_latency_pct is None or trial.extra_pct <= self.budget.max_latency_pct:
+        if self.budget.max_latency_pct is not None and trial.extra_pct > self.budget.max_latency_pct:
+            trial.refused = (f"+{trial.extra_pct:.1f} % latency > quant.fallback.max_latency_pct="
+                             f"{self.budget.max_latency_pct:g}")
+        elif inspect_ort_graph(path).integer_op_count == 0:
+            trial.refused = "ORT would run no integer kernel: that is the FP32 model, not an INT8 one"
+        else:
             trial.correct, trial.model = self.correct(path), model
         return trial
 
@@ -170,9 +182,6 @@ class _Search:
         r.unrounded = [row.layer for row in self.chosen_rows if row.kind == "activation"]
         r.accuracy_after, r.latency_ms_after = float(trial.correct.mean()), trial.ms
         self.best, self.best_correct = trial.model, trial.correct
-
-    def over_latency(self, trial: _Trial) -> str:
-        return f"+{trial.extra_pct:.1f} % latency > quant.fallback.max_latency_pct={self.budget.max_latency_pct:g}"
 
     def greedy(self) -> None:
         """One candidate at a time, most recovered first, each kept only if its gain clears the gate."""
@@ -190,7 +199,7 @@ class _Search:
                 break
             trial = self.trial([row])
             if trial.correct is None:
-                r.decisions.append({"layer": row.layer, "action": "skipped", "reason": self.over_latency(trial)})
+                r.decisions.append({"layer": row.layer, "action": "skipped", "reason": trial.refused})
                 continue
             acc = float(trial.correct.mean())
             fixed, broken, significant = significant_gain(self.best_correct, trial.correct, budget.min_z)
@@ -229,7 +238,7 @@ class _Search:
             tried[k] = tried.get(k) or self.trial(rest[:k])
             return tried[k]
 
-        low, high, k = 1, None, 2  # low: a size known not to be good; high: the smallest known good or over budget
+        low, high, k = 1, None, 2  # low: a size known not to be good; high: the smallest known good or out of bounds
         while room >= 2 and high is None:
             k = min(k, room)
             trial = attempt(k)
@@ -250,7 +259,7 @@ class _Search:
             names = ", ".join(row.layer for row in trial.rows[:3]) + (", ..." if size > 3 else "")
             what = f"top {size} remaining ({names})"
             if trial.correct is None:
-                r.decisions.append({"layer": what, "action": "set over budget", "reason": self.over_latency(trial)})
+                r.decisions.append({"layer": what, "action": "set out of bounds", "reason": trial.refused})
                 continue
             acc = float(trial.correct.mean())
             fixed, broken, significant = significant_gain(self.best_correct, trial.correct, budget.min_z)

@@ -284,3 +284,28 @@ def test_a_spread_loss_is_undone_by_the_smallest_set_the_greedy_pass_cannot_find
     fewer = leave_float(onnx.load(str(s["path"])), [], s["float_weights"], activations=grown.unrounded[:-1])
     onnx.save(fewer, str(tmp_path / "fewer.onnx"))
     assert float((run_onnx(tmp_path / "fewer.onnx", images).argmax(1) == labels).mean()) < grown.target_accuracy
+
+
+def test_a_candidate_that_leaves_no_integer_kernel_is_refused(damaged_ptq, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Aimed low enough, a grown set can float every conv: that file is the FP32 model, which verify
+    would refuse to publish as INT8 (it failed a MobileNetV3 run), so the fallback must not pick it."""
+    import edgeqat.quant.report as report_module
+
+    d = damaged_ptq
+    real = report_module.inspect_ort_graph
+
+    def as_if_all_float(path):  # the file ORT really builds, its integer kernels counted as none
+        graph = real(path)
+        graph.op_counts = {op: n for op, n in graph.op_counts.items() if op not in report_module.INTEGER_OPS}
+        return graph
+
+    monkeypatch.setattr(report_module, "inspect_ort_graph", as_if_all_float)
+    report = layer_sensitivity(d["path"], d["float_weights"], d["images"], d["labels"], layers=d["layers"][:5],
+                               profile_runs=0)
+    result = choose_fallback(d["path"], d["float_weights"], report, d["images"], d["labels"], d["ptq_accuracy"],
+                             FallbackBudget(max_drop=0.03), tmp_path / "fallback.onnx", latency={"iters": 5, "warmup": 1})
+    assert not result.met and result.n_float == 0
+    skipped = [x for x in result.decisions if x["action"] in ("skipped", "set out of bounds")]
+    assert skipped and all("no integer kernel" in x["reason"] for x in skipped)
+    assert result.decisions[-1]["action"] == "none kept"
