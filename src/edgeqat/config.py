@@ -45,6 +45,9 @@ class DataConfig:
     val_fraction: float = 0.1  # of all samples; of the train samples where the source has its own test split
     test_fraction: float = 0.2  # unused where the source has its own test split (fashion_mnist)
     max_train_samples: Optional[int] = None  # a stratified, seeded subset of the train split (CPU budgets)
+    # training images max_train_samples left out, added to val (stratified, seeded): a larger split to choose
+    # on (the fallback's set) at no training cost; train and test stay as they are (data/datamodule.py)
+    extra_val_samples: int = 0
     augment: bool = False
     seed: int = "${seed}"  # type: ignore[assignment]
 
@@ -258,6 +261,7 @@ RANGES: dict[str, tuple[float, str]] = {
     "data.eval_batch_size": (1, "images per evaluation batch"),
     "data.num_workers": (0, "loader processes"),
     "data.max_train_samples": (1, "training images kept (null: all)"),
+    "data.extra_val_samples": (0, "training images left out of training added to validation"),
     "quant.sensitivity_images": (1, "validation images the sensitivity report evaluates on"),
     "quant.fallback.max_drop": (0, "the largest accuracy drop vs FP32 the fallback accepts"),
     "quant.fallback.max_latency_pct": (0, "extra latency in % the fallback may spend"),

@@ -56,8 +56,9 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def subsample(indices: np.ndarray, labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
-    """At most ``limit`` of ``indices``, stratified and seeded (``data.max_train_samples``)."""
+def subsample(indices: np.ndarray, labels: np.ndarray, limit: int | None, seed: int,
+              key: str = "data.max_train_samples") -> np.ndarray:
+    """At most ``limit`` of ``indices``, stratified and seeded (``key`` names the setting in errors)."""
     from sklearn.model_selection import train_test_split
 
     if limit is None or limit >= len(indices):
@@ -65,8 +66,25 @@ def subsample(indices: np.ndarray, labels: np.ndarray, limit: int | None, seed: 
     try:
         kept, _ = train_test_split(indices, train_size=limit, stratify=labels[indices], random_state=seed)
     except ValueError as e:
-        raise DataSourceError(f"data.max_train_samples={limit} cannot hold every class ({e}): raise it") from e
+        raise DataSourceError(f"{key}={limit} cannot hold every class ({e}): raise it") from e
     return np.sort(kept)
+
+
+def extend_val(split: dict[str, np.ndarray], unused: np.ndarray, labels: np.ndarray, extra: int,
+               seed: int) -> None:
+    """Add ``extra`` of the training images ``data.max_train_samples`` left out (stratified, seeded) to val.
+
+    Why: what is *chosen* on validation (the float fallback's set, a sweep's best child) carries that
+    split's luck, and a 6,000-image split cannot tell apart candidates worth a few images each. The
+    images a CPU budget keeps out of training are as unseen as the validation split, so they enlarge it
+    at no training cost; train and test stay exactly the splits they are without this setting.
+    """
+    if extra > len(unused):
+        raise DataSourceError(
+            f"data.extra_val_samples={extra}: only {len(unused)} training images are left out of training "
+            "(lower it, or lower data.max_train_samples)")
+    added = subsample(unused, labels, extra, seed, key="data.extra_val_samples")
+    split["val"] = np.sort(np.concatenate([split["val"], added]))
 
 
 def to_tensor(image: np.ndarray, in_chans: int, size: int) -> torch.Tensor:
@@ -138,12 +156,14 @@ class ClassificationDataModule(L.LightningDataModule):
                  image_size: int = 32, in_chans: int | None = None, batch_size: int = 64,
                  eval_batch_size: int = 256, num_workers: int = 0, val_fraction: float = 0.1,
                  test_fraction: float = 0.2, augment: bool = False, seed: int = 42,
-                 max_train_samples: int | None = None) -> None:
+                 max_train_samples: int | None = None, extra_val_samples: int = 0) -> None:
         super().__init__()
         if image_size < 8:
             raise DataSourceError(f"data.image_size={image_size} is too small; use >= 8")
         if max_train_samples is not None and max_train_samples < 1:
             raise DataSourceError(f"data.max_train_samples={max_train_samples}: use a positive count or null (all)")
+        if extra_val_samples < 0:
+            raise DataSourceError(f"data.extra_val_samples={extra_val_samples}: use 0 or a positive count")
         if in_chans not in (None, 1, 3):
             raise DataSourceError(f"data.in_chans={in_chans}: use 1, 3 or null (the dataset's own)")
         self.source, self.root, self.options = source, root, dict(options or {})
@@ -151,6 +171,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.augment, self.seed, self.max_train_samples = augment, seed, max_train_samples
+        self.extra_val_samples = extra_val_samples
         self.image_set: ImageSet | None = None
         self.split_indices: dict[str, np.ndarray] = {}
         self.datasets: dict[str, ImageDataset] = {}
@@ -165,7 +186,10 @@ class ClassificationDataModule(L.LightningDataModule):
             return
         self.image_set = s = load_source(self.source, self.root, **self.options)
         split = stratified_split(s.labels, self.val_fraction, self.test_fraction, self.seed, s.test_indices)
-        split["train"] = subsample(split["train"], s.labels, self.max_train_samples, self.seed)
+        candidates = split["train"]
+        split["train"] = subsample(candidates, s.labels, self.max_train_samples, self.seed)
+        if self.extra_val_samples:
+            extend_val(split, np.setdiff1d(candidates, split["train"]), s.labels, self.extra_val_samples, self.seed)
         self.split_indices = split
         preload = isinstance(s.images, np.ndarray)  # bundled sets fit in memory: decode once
         self.normalization = self._fit_normalization(s)

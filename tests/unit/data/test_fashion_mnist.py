@@ -87,6 +87,29 @@ def test_max_train_samples_is_a_stratified_seeded_subset(tmp_path: Path) -> None
         ClassificationDataModule("fashion_mnist", max_train_samples=0)
 
 
+
+def test_extra_val_samples_come_from_the_images_left_out_of_training(tmp_path: Path) -> None:
+    _write_tree(tmp_path)
+
+    def splits(extra: int) -> dict[str, np.ndarray]:
+        dm = ClassificationDataModule("fashion_mnist", root=str(tmp_path), image_size=16, seed=4,
+                                      max_train_samples=50, extra_val_samples=extra)
+        dm.setup()
+        return dm.split_indices
+
+    plain, more = splits(0), splits(60)
+    labels = load_source("fashion_mnist", str(tmp_path)).labels
+    # train and test are the splits they are without the setting: a checkpoint trained on them stays valid
+    assert np.array_equal(plain["train"], more["train"]) and np.array_equal(plain["test"], more["test"])
+    added = np.setdiff1d(more["val"], plain["val"])
+    assert set(plain["val"]) <= set(more["val"]) and len(added) == 60
+    assert not set(added) & set(more["train"]) and not set(added) & set(more["test"])
+    assert np.bincount(labels[added]).tolist() == [6] * 10
+    with pytest.raises(DataSourceError, match="extra_val_samples=131: only 130 training images are left out"):
+        splits(131)
+    with pytest.raises(DataSourceError, match="extra_val_samples=-1: use 0 or a positive count"):
+        ClassificationDataModule("fashion_mnist", extra_val_samples=-1)
+
 def test_missing_and_corrupt_files_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(DataSourceError, match="apt-get install dataset-fashion-mnist"):
         load_source("fashion_mnist", str(tmp_path))
