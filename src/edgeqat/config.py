@@ -77,6 +77,9 @@ class FallbackConfig:
     # when no single candidate clears min_z (a loss spread over many roundings), try the best remaining ones
     # as sets (top 2, 4, 8, ...; quant/fallback.py), kept only if one meets max_drop beyond min_z within the budget
     grow: bool = True
+    # the target must hold by this many standard errors of the paired drop vs FP32 on validation (1.64: a
+    # one-sided 95 % bound), not only by its estimate: a set chosen to just meet 0.5 pt there lost up to 0.9 on test
+    target_z: float = 0.0
 
 
 @dataclass
@@ -267,6 +270,7 @@ RANGES: dict[str, tuple[float, str]] = {
     "quant.fallback.max_latency_pct": (0, "extra latency in % the fallback may spend"),
     "quant.fallback.max_layers": (1, "layers and activations the fallback may leave float"),
     "quant.fallback.min_z": (0, "standard errors a kept layer's gain must reach"),
+    "quant.fallback.target_z": (0, "standard errors the fallback's target must hold by"),
     "tracking.status_interval_s": (0, "seconds between status tags (0: at every update)"),
     "tracking.close_timeout_s": (0, "seconds to wait for the server at the end"),
     "tracking.batch_window_s": (0, "seconds metrics wait to share a request"),

@@ -55,7 +55,8 @@ def analyse_layers(ctx: JobContext, fp32_onnx: Path, int8: Int8Model) -> Int8Mod
     rec.set_tags(phase_tags("sensitivity"))
     float_weights = int8.float_weights if int8.float_weights is not None else float_weights_of(onnx.load(str(fp32_onnx)))
     images, labels = ctx.datamodule.split_arrays("val", limit=q.sensitivity_images)
-    fp32_accuracy = float((run_onnx(fp32_onnx, images).argmax(1) == labels).mean())
+    fp32_correct = run_onnx(fp32_onnx, images).argmax(1) == labels
+    fp32_accuracy = float(fp32_correct.mean())
 
     def progress(done: int, total: int) -> None:
         rec.set_tags({"edgeqat.sensitivity_progress": f"{done}/{total} rows"})
@@ -65,7 +66,7 @@ def analyse_layers(ctx: JobContext, fp32_onnx: Path, int8: Int8Model) -> Int8Mod
     ctx.metrics.update(log_report(rec, report))
     if q.fallback.max_drop is None:
         return int8
-    return _fallback(ctx, int8, float_weights, report, images, labels, fp32_accuracy)
+    return _fallback(ctx, int8, float_weights, report, images, labels, fp32_correct)
 
 
 def log_report(rec, report) -> dict[str, float]:
@@ -85,15 +86,16 @@ def log_report(rec, report) -> dict[str, float]:
     return metrics
 
 
-def _fallback(ctx: JobContext, int8: Int8Model, float_weights, report, images, labels, fp32_accuracy) -> Int8Model:
+def _fallback(ctx: JobContext, int8: Int8Model, float_weights, report, images, labels, fp32_correct) -> Int8Model:
     from edgeqat.quant.fallback import FallbackBudget, choose_fallback
 
     q, rec = ctx.cfg.quant, ctx.run.recorder
     f = q.fallback
     out = ctx.models_dir / "int8_fallback" / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = choose_fallback(int8.path, float_weights, report, images, labels, fp32_accuracy,
-                             FallbackBudget(f.max_drop, f.max_latency_pct, f.max_layers, f.min_z, f.grow), out,
+    result = choose_fallback(int8.path, float_weights, report, images, labels, fp32_correct,
+                             FallbackBudget(f.max_drop, f.max_latency_pct, f.max_layers, f.min_z, f.grow, f.target_z),
+                             out,
                              latency={"threads": q.latency_threads, "iters": q.latency_iters})
     rec.log_dict(result.to_dict(), "int8/fallback.json")
     metrics = {"fallback/val_acc_before": result.accuracy_before, "fallback/val_acc_after": result.accuracy_after,
@@ -101,6 +103,8 @@ def _fallback(ctx: JobContext, int8: Int8Model, float_weights, report, images, l
                "fallback/extra_latency_pct": result.extra_latency_pct, "fallback/layers": float(len(result.chosen)),
                "fallback/activations": float(len(result.unrounded)),
                "fallback/met": float(result.met)}
+    if f.target_z:  # the accuracy the target was held to: after, less target_z standard errors of the drop
+        metrics["fallback/val_acc_after_bound"] = result.accuracy_after - result.margin_after
     rec.log_metrics(metrics)
     ctx.metrics.update(metrics)
     verdict = "target met" if result.met else "target NOT met within the budget"

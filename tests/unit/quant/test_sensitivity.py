@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from edgeqat.quant import convert, export_onnx, inspect_ort_graph, ptq_onnx, run_onnx
 from edgeqat.quant.errors import QuantizationError
-from edgeqat.quant.fallback import FallbackBudget, choose_fallback, significant_gain
+from edgeqat.quant.fallback import FallbackBudget, choose_fallback, paired_drop_margin, significant_gain
 from edgeqat.quant.sensitivity import float_weights_of, layer_sensitivity, leave_float, quantized_layers
 from edgeqat.quant.unround import quantized_activations
 from tests.unit.quant.tiny import synthetic_batch
@@ -242,6 +242,18 @@ def test_a_gain_counts_only_beyond_noise() -> None:
     assert not significant_gain(before, after(2, 2), min_z=0.0)[2]  # a wash is no gain
 
 
+
+def test_the_drop_margin_counts_only_the_images_the_two_disagree_on() -> None:
+    fp32 = np.zeros(1000, bool)
+    fp32[:800] = True
+    int8 = fp32.copy()
+    int8[:30], int8[800:810] = False, True  # breaks 30, fixes 10: a drop of 2 pt
+    # per image fp32 - int8 is 1 thirty times, -1 ten times: variance (40 - 1000 * 0.02**2) / 999
+    assert paired_drop_margin(fp32, int8, z=2.0) == pytest.approx(2 * np.sqrt(39.6 / 999 / 1000))
+    assert paired_drop_margin(np.tile(fp32, 4), np.tile(int8, 4), z=2.0) == pytest.approx(
+        paired_drop_margin(fp32, int8, z=2.0) / 2, rel=1e-3)  # 4x the images: half the margin
+    assert paired_drop_margin(fp32, fp32, z=2.0) == 0 and paired_drop_margin(fp32, int8, z=0) == 0
+
 @pytest.fixture(scope="module")
 def spread_loss(damaged_ptq, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """ORT's PTQ with every activation between the input and the head rounded 120x coarser: a loss
@@ -254,7 +266,7 @@ def spread_loss(damaged_ptq, tmp_path_factory: pytest.TempPathFactory) -> dict:
         inits[scale].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[scale]) * 120, scale))
     path = tmp_path_factory.mktemp("spread") / "spread.onnx"
     onnx.save(model, str(path))
-    return {**d, "path": path}
+    return {**d, "path": path, "ptq": d["path"].parent / "ptq.onnx"}
 
 
 def test_a_spread_loss_is_undone_by_the_smallest_set_the_greedy_pass_cannot_find(spread_loss, tmp_path: Path) -> None:
@@ -284,6 +296,35 @@ def test_a_spread_loss_is_undone_by_the_smallest_set_the_greedy_pass_cannot_find
     fewer = leave_float(onnx.load(str(s["path"])), [], s["float_weights"], activations=grown.unrounded[:-1])
     onnx.save(fewer, str(tmp_path / "fewer.onnx"))
     assert float((run_onnx(tmp_path / "fewer.onnx", images).argmax(1) == labels).mean()) < grown.target_accuracy
+
+
+
+def test_a_target_held_by_standard_errors_takes_a_set_that_meets_it_beyond_the_estimate(spread_loss,
+                                                                                       tmp_path: Path) -> None:
+    """``target_z``: the grown set must meet the target less ``target_z`` standard errors of its paired drop
+    vs the reference, so it is larger than the set the point estimate takes, and that one falls short."""
+    s = spread_loss
+    images, labels = s["images"], s["labels"]
+    reference = run_onnx(s["ptq"], images).argmax(1) == labels
+    report = layer_sensitivity(s["path"], s["float_weights"], images, labels, layers=[], profile_runs=0,
+                               activations=None)
+    # 0.2 below the reference: its top 2 meet that by their estimate, not by one standard error (128 images)
+    budget, timing = {"max_drop": 0.2, "min_z": 4.0}, {"iters": 5, "warmup": 1}
+    with pytest.raises(ValueError, match="per-image correctness"):
+        choose_fallback(s["path"], s["float_weights"], report, images, labels, float(reference.mean()),
+                        FallbackBudget(**budget, target_z=1.0), tmp_path / "x.onnx", latency=timing)
+    estimate = choose_fallback(s["path"], s["float_weights"], report, images, labels, reference,
+                               FallbackBudget(**budget), tmp_path / "estimate.onnx", latency=timing)
+    held = choose_fallback(s["path"], s["float_weights"], report, images, labels, reference,
+                           FallbackBudget(**budget, target_z=1.0), tmp_path / "held.onnx", latency=timing)
+    assert estimate.met and estimate.margin_after == 0 and held.met and held.margin_after > 0
+    assert held.accuracy_after - held.margin_after >= held.target_accuracy == estimate.target_accuracy
+    k = len(estimate.unrounded)
+    assert len(held.unrounded) > k and held.unrounded[:k] == estimate.unrounded  # top-k of the same order
+    est_correct = run_onnx(tmp_path / "estimate.onnx", images).argmax(1) == labels
+    assert est_correct.mean() >= estimate.target_accuracy  # the estimate's set meets the target by its estimate,
+    assert est_correct.mean() - paired_drop_margin(reference, est_correct, 1.0) < estimate.target_accuracy  # only
+    assert any("by 1 standard errors" in d["reason"] for d in held.decisions)
 
 
 def test_a_candidate_that_leaves_no_integer_kernel_is_refused(damaged_ptq, tmp_path: Path,
