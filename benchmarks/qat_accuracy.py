@@ -200,7 +200,8 @@ def main() -> None:
 
 
 FALLBACK_KEYS = ["test/acc_fp32", "test/acc_int8", "int8/speedup_224", "fallback/val_acc_before",
-                 "fallback/val_acc_after", "fallback/val_acc_after_bound", "fallback/layers", "fallback/activations", "fallback/met",
+                 "fallback/val_acc_after", "fallback/val_acc_after_bound", "fallback/layers", "fallback/activations",
+                 "fallback/met",
                  "fallback/extra_latency_pct", "fallback/latency_ms_before", "fallback/latency_ms_after",
                  "sensitivity/top_recovered", "int8/float_conv"]
 
