@@ -350,3 +350,31 @@ def test_a_candidate_that_leaves_no_integer_kernel_is_refused(damaged_ptq, tmp_p
     skipped = [x for x in result.decisions if x["action"] in ("skipped", "set out of bounds")]
     assert skipped and all("no integer kernel" in x["reason"] for x in skipped)
     assert result.decisions[-1]["action"] == "none kept"
+
+
+def test_the_bisection_searches_below_a_set_that_is_out_of_bounds(spread_loss, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Doubling can overshoot into sets out of bounds (here: 6 or more activations unrounded leave, as if,
+    no integer kernel); the smallest good set lies below them, and bisection must look there."""
+    import edgeqat.quant.report as report_module
+
+    s = spread_loss
+    images, labels = s["images"], s["labels"]
+    report = layer_sensitivity(s["path"], s["float_weights"], images, labels, layers=[], profile_runs=0,
+                               activations=None)
+    rounded = len(quantized_activations(onnx.load(str(s["path"]))))
+    real = report_module.inspect_ort_graph
+
+    def kernel_free_from_6(path):
+        graph = real(path)
+        if rounded - len(quantized_activations(onnx.load(str(path)))) >= 6:
+            graph.op_counts = {op: n for op, n in graph.op_counts.items() if op not in report_module.INTEGER_OPS}
+        return graph
+
+    monkeypatch.setattr(report_module, "inspect_ort_graph", kernel_free_from_6)
+    budget = FallbackBudget(max_drop=0.1, min_z=4.0)  # the top 5 meet it here (the top 4 do not), beyond noise
+    result = choose_fallback(s["path"], s["float_weights"], report, images, labels, s["ptq_accuracy"], budget,
+                             tmp_path / "fallback.onnx", latency={"iters": 5, "warmup": 1})
+    sizes = {d["layer"].split(" remaining")[0]: d["action"] for d in result.decisions if d["layer"].startswith("top ")}
+    assert sizes["top 8"] == "set out of bounds" and sizes["top 6"] == "set out of bounds"  # doubled past, then below
+    assert result.met and len(result.unrounded) == 5 and sizes["top 4"] == "set tried"
