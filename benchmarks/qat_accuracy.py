@@ -6,6 +6,9 @@
         --store /tmp/acc --out results/qat_accuracy_fashion_mnist.json     # the README's Fashion-MNIST table
     python benchmarks/qat_accuracy.py --fallback 0.005 --out results/qat_accuracy_fashion_mnist.json  # + PTQ fallback
     python benchmarks/qat_accuracy.py --fallback 0.0025 --ptq-drop-over 0.005 --label margin ...  # the same, aimed lower
+    python benchmarks/qat_accuracy.py --fallback 0.005 --ptq-drop-over 0.005 --label wide --extra \
+        "quant.sensitivity_images=null data.extra_val_samples=18000 quant.fallback.target_z=1.64" ...  # README's
+    python benchmarks/qat_accuracy.py --fallback ... --models mobilenetv3_small_100 --seeds 1  # redo one, keep the rest
 
 Runs the product itself (``edgeqat train experiment=compare model=<m> seed=<s>``, one subprocess per
 run) into a throw-away SQLite store, then collects the verified numbers: FP32 accuracy (torch), QAT
@@ -142,7 +145,8 @@ def summarize(model: str, runs: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="one run per model and seed")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="one run per model and seed (default 42; with --fallback: every seed measured)")
     parser.add_argument("--extra", default="", help="extra overrides for every model, space separated")
     parser.add_argument("--weight-ranges", nargs="+", default=None,
                         help="quantize one FP32 model per seed once per quant.weight_range (e.g. int8 int7)")
@@ -164,9 +168,11 @@ def main() -> None:
                              "(run it on an idle machine)")
     args = parser.parse_args()
     if args.weight_ranges:
+        args.seeds = args.seeds or [42]
         return main_weight_ranges(args)
     if args.fallback is not None:
         return main_fallback(args)
+    args.seeds = args.seeds or [42]
     args.out = args.out or str(Path(__file__).parent / "results" / "qat_accuracy.json")
     runs, rows, earlier = [], [], {}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -320,10 +326,15 @@ def main_fallback(args: argparse.Namespace) -> None:
         result["retime_machine"] = machine_facts()
     else:
         result[f"fallback_config{suffix}"] = {"max_drop": args.fallback, "scope": args.scope, "extra": args.extra}
-        runs = [r for r in result.get(runs_key, []) if r["model"] not in args.models]  # --append
-        result[runs_key] = runs + run_fallbacks(
-            {**result, "runs": [r for r in result["runs"] if r["model"] in args.models]},
-            args.extra.split(), store, args.fallback, args.scope, args.ptq_drop_over)
+
+        def redo(r: dict) -> bool:
+            return r["model"] in args.models and (args.seeds is None or r["seed"] in args.seeds)
+
+        kept = [r for r in result.get(runs_key, []) if not redo(r)]  # other models' and seeds' fallbacks stay
+        new = run_fallbacks({**result, "runs": [r for r in result["runs"] if redo(r)]}, args.extra.split(), store,
+                            args.fallback, args.scope, args.ptq_drop_over)
+        order = {(r["model"], r["seed"]): i for i, r in enumerate(result["runs"])}  # the compare runs' order
+        result[runs_key] = sorted(kept + new, key=lambda r: order.get((r["model"], r["seed"]), len(order)))
     result[rows_key] = summarize_fallbacks(result[runs_key])
     out.write_text(json.dumps(result, indent=1))
     print("| model | PTQ drop (per seed) | PTQ + fallback drop | layers float | activations unrounded | "
